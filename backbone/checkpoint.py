@@ -1,0 +1,239 @@
+"""Loading every EVA-02 checkpoint layout into a TrV, and writing the official ones.
+
+Layouts read (reference section 5):
+  - MIM pre-training (`eva02_*_pt_*_p14.pt`): DeepSpeed dict, weights under `module`.
+  - `*_p14to16.pt`: the same keys with the 16x16 kernel, at the top level or under `model`.
+  - released detectors (`eva02_*_{coco,lvis}_*.pth`): detectron2 state dict under `model`, backbone under
+    `backbone.net.`; O365-initialized ones add `ema_state`.
+  - timm's EVA-02 naming (fc1_g / fc1_x / fc2 / mlp.norm, q_proj.bias / v_proj.bias).
+  - this project's own layout (`TrV.state_dict()`, fused qkv), optionally under `model`, also mmseg's
+    `backbone.` prefix.
+RoPE buffers are derived from the grid and always ignored. Patch kernels and position embeddings are resized
+to the model; any other shape difference is an error naming the key.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .trv import TrV
+
+__all__ = [
+    "LoadReport", "load_checkpoint", "read_state_dict", "to_official", "official_p14_to_p16",
+    "resize_patch_kernel", "resize_pos_embed",
+]
+
+# Prefixes under which a backbone sits inside a larger model, longest first.
+BACKBONE_PREFIXES = ("backbone.net.", "backbone.", "encoder.", "student.")
+# The keys a TrV owns once converted (anything else in a backbone checkpoint is not ours).
+_OWN = re.compile(r"^(patch_embed\.proj\.(weight|bias)|pos_embed|cls_token|mask_token|blocks\.\d+\..+)$")
+_DERIVED = re.compile(r"(^|\.)rope(_win|_glb)?\.|(^|\.)rope_(win|glb)$|freqs_(cos|sin)$")
+# timm EVA-02 name -> official name
+_TIMM = [
+    (".mlp.fc1_g.", ".mlp.w1."),
+    (".mlp.fc1_x.", ".mlp.w2."),
+    (".mlp.fc2.", ".mlp.w3."),
+    (".mlp.norm.", ".mlp.ffn_ln."),
+    (".attn.q_proj.bias", ".attn.q_bias"),
+    (".attn.v_proj.bias", ".attn.v_bias"),
+]
+
+
+@dataclass
+class LoadReport:
+    """What load_checkpoint did: keys loaded (after conversion), missing model keys, unexpected keys
+    (backbone-looking keys the model does not have), skipped keys (derived RoPE buffers, detector heads,
+    pre-training heads), and the conversions applied."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}, unexpected "
+                 f"{len(self.unexpected)}, skipped {len(self.skipped)}"]
+        lines += [f"  converted: {c}" for c in self.converted]
+        if self.missing:
+            lines.append(f"  missing: {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected: {', '.join(self.unexpected)}")
+        return "\n".join(lines)
+
+
+def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
+    """The raw object saved in a checkpoint file (.pt / .pth / .safetensors).
+
+    weights_only=True refuses pickled code; pass False only for files you trust (unpickling runs code).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:
+        hint = " (it holds pickled objects; pass weights_only=False if you trust the file)" if weights_only and "Weights only" in str(e) else ""
+        raise ValueError(f"{path} is not a readable checkpoint{hint}: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def _unwrap(obj: dict, use_ema: bool, source: str, report: LoadReport) -> dict:
+    """The flat {name: tensor} dict inside a checkpoint object."""
+    if use_ema:
+        if "ema_state" not in obj:
+            raise KeyError(f"{source}: use_ema=True but the checkpoint has no 'ema_state' (keys: {sorted(obj)[:8]})")
+        report.converted.append("took the EMA weights from 'ema_state'")
+        obj = obj["ema_state"]
+    for key in ("module", "model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            report.converted.append(f"took the weights under '{key}'")
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{source}: no tensors found (top-level keys: {sorted(obj)[:10]})")
+    return tensors
+
+
+def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes, rename timm keys, drop derived RoPE buffers, fuse q/k/v."""
+    prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + "blocks.") for k in sd)), "")
+    if prefix:
+        report.converted.append(f"stripped prefix '{prefix}'")
+    out = {}
+    for k, v in sd.items():
+        if prefix and not k.startswith(prefix):
+            report.skipped.append(k)
+            continue
+        k = k[len(prefix):]
+        if _DERIVED.search(k):
+            report.skipped.append(k)
+            continue
+        for old, new in _TIMM:
+            if old in k:
+                k = k.replace(old, new)
+                if "renamed timm keys" not in report.converted:
+                    report.converted.append("renamed timm keys")
+        out[k] = v
+    fused = 0
+    for q_key in [k for k in out if k.endswith(".attn.q_proj.weight")]:
+        base = q_key[: -len("q_proj.weight")]
+        out[base + "qkv.weight"] = torch.cat([out.pop(base + f"{n}_proj.weight") for n in "qkv"], dim=0)
+        fused += 1
+    if fused:
+        report.converted.append(f"fused q/k/v projections in {fused} blocks")
+    return out
+
+
+def resize_patch_kernel(w: torch.Tensor, size: int, method: str = "bicubic") -> torch.Tensor:
+    """Resize a (C, 3, p, p) patch-embedding kernel to (C, 3, size, size).
+
+    "bicubic": F.interpolate as the official p14to16 script does.
+    "pinv": the pseudo-inverse resize of FlexiViT, which keeps <kernel, patch> equal for patches resized
+    bilinearly, so token embeddings change least.
+    """
+    if w.shape[-1] == size:
+        return w
+    if method == "bicubic":
+        return F.interpolate(w.float(), size=(size, size), mode="bicubic", align_corners=False).to(w.dtype)
+    if method != "pinv":
+        raise ValueError(f"patch kernel resize method must be 'bicubic' or 'pinv', got {method!r}")
+    old = w.shape[-1]
+    basis = torch.eye(old * old, dtype=torch.float64).reshape(old * old, 1, old, old)
+    resize = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    resize = resize.reshape(old * old, size * size).T  # (new^2, old^2): maps an old patch to a new one
+    pinv = torch.linalg.pinv(resize.T)  # (old^2 -> new^2) for kernels
+    flat = w.double().reshape(-1, old * old) @ pinv.T
+    return flat.reshape(*w.shape[:2], size, size).to(w.dtype)
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """(1, [1 +] g*g, C) -> (1, 1 + grid*grid, C), bicubic as official; a missing cls slot becomes zeros."""
+    n = pos.shape[1]
+    if math.isqrt(n) ** 2 == n:
+        cls = pos.new_zeros(1, 1, pos.shape[-1])
+    elif math.isqrt(n - 1) ** 2 == n - 1:
+        cls, pos = pos[:, :1], pos[:, 1:]
+    else:
+        raise ValueError(f"pos_embed with {n} positions is not a square grid (with or without a cls slot)")
+    g = math.isqrt(pos.shape[1])
+    if g != grid:
+        grid_pos = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+        grid_pos = F.interpolate(grid_pos, size=(grid, grid), mode="bicubic", align_corners=False)
+        pos = grid_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+    return torch.cat((cls, pos), dim=1)
+
+
+def load_checkpoint(
+    model: TrV,
+    checkpoint: str | os.PathLike | dict,
+    use_ema: bool = False,
+    patch_resize: str = "bicubic",
+    weights_only: bool = True,
+) -> LoadReport:
+    """Load any EVA-02 checkpoint layout into `model`; returns a LoadReport.
+
+    Args:
+        checkpoint: a file path (.pt, .pth, .safetensors) or an already loaded dict.
+        use_ema: take the weights from the checkpoint's `ema_state` (O365-initialized detectors).
+        patch_resize: "bicubic" (official) or "pinv" when the patch size differs (14 -> 16).
+        weights_only: refuse pickled objects (see read_state_dict).
+    """
+    source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
+    obj = read_state_dict(checkpoint, weights_only) if not isinstance(checkpoint, dict) else checkpoint
+    report = LoadReport()
+    sd = to_trv_names(_unwrap(obj, use_ema, source, report), report)
+    own = model.state_dict()
+    to_load = {}
+    for k, v in sd.items():
+        if k not in own:
+            (report.unexpected if _OWN.match(k) else report.skipped).append(k)
+            continue
+        target = own[k].shape
+        if k == "patch_embed.proj.weight" and v.shape != target and v.shape[:2] == target[:2]:
+            report.converted.append(f"patch kernel {v.shape[-1]}->{target[-1]} ({patch_resize})")
+            v = resize_patch_kernel(v, target[-1], patch_resize)
+        elif k == "pos_embed" and v.shape != target:
+            report.converted.append(f"pos_embed {tuple(v.shape)}->{tuple(target)} (bicubic)")
+            v = resize_pos_embed(v, model.pos_grid)
+        if v.shape != target:
+            raise ValueError(f"{source}: shape mismatch for '{k}': checkpoint {tuple(v.shape)}, model {tuple(target)}")
+        to_load[k] = v
+    result = model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    report.missing = sorted(result.missing_keys)
+    return report
+
+
+def to_official(model: TrV) -> dict[str, torch.Tensor]:
+    """The model's weights under official EVA-02 names (separate q/k/v projections)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(".attn.qkv.weight"):
+            base = k[: -len("qkv.weight")]
+            for name, w in zip("qkv", v.chunk(3, dim=0)):
+                out[base + f"{name}_proj.weight"] = w.clone()
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def official_p14_to_p16(state: dict[str, torch.Tensor], img_size: int = 224, method: str = "bicubic") -> dict[str, torch.Tensor]:
+    """The official `*_p14to16.pt` conversion of an official-named state dict: patch kernel 14 -> 16 and
+    position embedding (with its cls slot) from the 16x16 grid to img_size / 16 (14x14 for 224)."""
+    out = dict(state)
+    out["patch_embed.proj.weight"] = resize_patch_kernel(state["patch_embed.proj.weight"], 16, method)
+    out["pos_embed"] = resize_pos_embed(state["pos_embed"], img_size // 16)
+    return {k: v for k, v in out.items() if not _DERIVED.search(k)}

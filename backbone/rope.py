@@ -1,0 +1,53 @@
+"""2D rotary position embedding of EVA-02, computed for the actual grid.
+
+Per head, the first half of head_dim encodes the row coordinate and the second half the column.
+Each half of width d = head_dim / 2 uses frequencies 1 / 10000 ** (2i / d), i < d / 2, each repeated
+twice (interleaved pairs), and rotates each pair (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+Positions are scaled to the pre-training grid: cell i sits at i * scale (scale = 16 / side), so a
+fine-tuning grid of any size spans the 16 positions RoPE was pre-trained on.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["RopeTable", "rope_table", "apply_rope", "rotate_half"]
+
+
+class RopeTable(NamedTuple):
+    cos: torch.Tensor  # (N, head_dim), rows of the grid in raster order
+    sin: torch.Tensor
+
+
+def axis_angles(head_dim: int, length: int, scale: float, device=None) -> torch.Tensor:
+    """Angles (length, head_dim / 2) for one axis; pairs share an angle (interleaved)."""
+    d = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, d, 2, device=device, dtype=torch.float32)[: d // 2] / d))
+    t = torch.arange(length, device=device, dtype=torch.float32) * scale
+    return torch.outer(t, freqs).repeat_interleave(2, dim=-1)
+
+
+def rope_table(head_dim: int, hw: tuple[int, int], scale: float, device=None) -> RopeTable:
+    """cos / sin tables (H * W, head_dim) for an H x W grid whose cell (i, j) sits at (i, j) * scale."""
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {head_dim}")
+    H, W = hw
+    rows = axis_angles(head_dim, H, scale, device)[:, None, :].expand(H, W, -1)
+    cols = axis_angles(head_dim, W, scale, device)[None, :, :].expand(H, W, -1)
+    angles = torch.cat((rows, cols), dim=-1).reshape(H * W, head_dim)
+    return RopeTable(angles.cos(), angles.sin())
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Interleaved pairs (x1, x2) -> (-x2, x1)."""
+    x = x.unflatten(-1, (-1, 2))
+    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, table: RopeTable, num_prefix: int = 0) -> torch.Tensor:
+    """Rotate x (..., N, head_dim) in fp32; the first num_prefix tokens (cls) are left as they are."""
+    if num_prefix:
+        return torch.cat((x[..., :num_prefix, :], apply_rope(x[..., num_prefix:, :], table)), dim=-2)
+    xf = x.float()
+    return xf * table.cos + rotate_half(xf) * table.sin
