@@ -5,7 +5,8 @@ Layouts read (reference section 5):
   - `*_p14to16.pt`: the same keys with the 16x16 kernel, at the top level or under `model`.
   - released detectors (`eva02_*_{coco,lvis}_*.pth`): detectron2 state dict under `model`, backbone under
     `backbone.net.`; O365-initialized ones add `ema_state`.
-  - timm's EVA-02 naming (fc1_g / fc1_x / fc2 / mlp.norm, q_proj.bias / v_proj.bias).
+  - timm's EVA-02 naming (fc1_g / fc1_x / fc2 / mlp.norm, q_proj.bias / v_proj.bias; or fused qkv and the
+    packed mlp.fc1 of its Ti/S models).
   - this project's own layout (`TrV.state_dict()`, fused qkv), optionally under `model`, also mmseg's
     `backbone.` prefix.
 RoPE buffers are derived from the grid and always ignored. Patch kernels and position embeddings are resized
@@ -127,6 +128,11 @@ def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, t
                 if "renamed timm keys" not in report.converted:
                     report.converted.append("renamed timm keys")
         out[k] = v
+    for fc1 in [k for k in out if ".mlp.fc1." in k]:  # timm's packed GLU (Ti/S): [w1; w2] in one Linear
+        w1, w2 = out.pop(fc1).chunk(2, dim=0)
+        out[fc1.replace(".fc1.", ".w1.")], out[fc1.replace(".fc1.", ".w2.")] = w1, w2
+        if "split timm's packed mlp.fc1" not in report.converted:
+            report.converted.append("split timm's packed mlp.fc1")
     fused = 0
     for q_key in [k for k in out if k.endswith(".attn.q_proj.weight")]:
         base = q_key[: -len("q_proj.weight")]

@@ -23,7 +23,7 @@ from torch import nn
 
 from .rope import RopeTable, apply_rope, rope_table
 
-__all__ = ["TrV", "TrVConfig", "PRESETS", "create_trv", "ATTN_IMPLS"]
+__all__ = ["TrV", "TrVConfig", "PRESETS", "create_trv", "ATTN_IMPLS", "xformers_available"]
 
 ATTN_IMPLS = ("sdpa", "math", "xformers")
 
@@ -45,6 +45,18 @@ PRESETS = {
     "eva02_B": TrVConfig(embed_dim=768, depth=12, num_heads=12, mlp_hidden=2048, sub_ln=True),
     "eva02_L": TrVConfig(embed_dim=1024, depth=24, num_heads=16, mlp_hidden=2730, sub_ln=True),
 }
+
+
+def xformers_available() -> bool:
+    """True where xformers imports and its memory-efficient kernel runs (it needs a GPU)."""
+    try:
+        from xformers.ops import memory_efficient_attention
+
+        q = torch.zeros(1, 1, 1, 8, device="cuda")
+        memory_efficient_attention(q, q, q)
+        return True
+    except Exception:
+        return False
 
 
 def _xformers_attention(q, k, v):

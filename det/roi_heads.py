@@ -1,0 +1,108 @@
+"""Cascade ROI heads with the EVA-02 "sys" inference: class-wise soft-NMS, per-image top-k, maskness rescoring."""
+from __future__ import annotations
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.roi_heads import CascadeROIHeads
+from detectron2.structures import Boxes, Instances
+
+from .postprocess import maskness, soft_nms
+
+NMS_METHODS = {"nms": None, "soft_linear": "linear", "soft_gaussian": "gaussian"}
+
+
+class EVACascadeROIHeads(CascadeROIHeads):
+    """detectron2's `CascadeROIHeads` (built with the same arguments) plus a choice of NMS and maskness.
+
+    Training is the parent's. At inference the cascade scores are averaged over the stages and the boxes
+    come from the last stage (as in the parent); candidates above the predictor's `test_score_thresh` then go
+    through class-wise soft-NMS with IoU threshold `test_nms_thresh` (``nms_method="nms"`` keeps the parent's
+    hard NMS), the per-image top `test_topk_per_image` are kept (the official code forgot this step), masks
+    are predicted, and with `maskness_thresh` set every score is multiplied by the maskness of its mask.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        nms_method: str = "nms",
+        soft_nms_sigma: float = 0.5,
+        soft_nms_min_score: float = 1e-3,
+        maskness_thresh: float | None = None,
+        **kwargs,
+    ):
+        """nms_method: "nms" | "soft_linear" | "soft_gaussian"; soft_nms_sigma: the Gaussian's sigma;
+        soft_nms_min_score: boxes decayed below it are dropped; maskness_thresh: mask probability above which
+        a pixel counts as foreground for maskness (None: no rescoring). Other arguments: `CascadeROIHeads`."""
+        if nms_method not in NMS_METHODS:
+            raise ValueError(f"nms_method must be one of {sorted(NMS_METHODS)}, got {nms_method!r}")
+        super().__init__(**kwargs)
+        self.nms_method = nms_method
+        self.soft_nms_sigma = soft_nms_sigma
+        self.soft_nms_min_score = soft_nms_min_score
+        self.maskness_thresh = maskness_thresh
+
+    def _forward_box(self, features, proposals, targets=None):
+        if self.training or self.nms_method == "nms":
+            return super()._forward_box(features, proposals, targets)
+        boxes, scores = self._cascade_predictions(features, proposals)
+        return [
+            self._soft_nms_single_image(b, s, p.image_size) for b, s, p in zip(boxes, scores, proposals)
+        ]
+
+    def _cascade_predictions(self, features, proposals):
+        """The parent's inference up to (but not including) NMS.
+
+        Returns per image: boxes (R, 4) of the last stage and class scores (R, K+1) averaged over the stages.
+        """
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        stage_scores = []
+        for stage in range(self.num_cascade_stages):
+            if stage > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, stage)
+            boxes = self.box_predictor[stage].predict_boxes(predictions, proposals)
+            stage_scores.append(self.box_predictor[stage].predict_probs(predictions, proposals))
+        # Same arithmetic as the parent (sum, then times 1/n) so both paths see identical scores.
+        scores = [sum(per_image) * (1.0 / self.num_cascade_stages) for per_image in zip(*stage_scores)]
+        return boxes, scores
+
+    def _soft_nms_single_image(self, boxes: torch.Tensor, scores: torch.Tensor, image_size) -> Instances:
+        """boxes (R, 4) class-agnostic or (R, K*4), scores (R, K+1) with background last -> Instances, best first."""
+        predictor = self.box_predictor[-1]
+        valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+        boxes, scores = boxes[valid], scores[valid, :-1]
+        num_reg_classes = boxes.shape[1] // 4
+        clipped = Boxes(boxes.reshape(-1, 4))
+        clipped.clip(image_size)
+        boxes = clipped.tensor.view(-1, num_reg_classes, 4)
+        candidate, label = torch.nonzero(scores > predictor.test_score_thresh, as_tuple=True)
+        candidate_boxes = boxes[candidate, label if num_reg_classes > 1 else 0]
+        keep, kept_scores = soft_nms(
+            candidate_boxes,
+            scores[candidate, label],
+            label,
+            method=NMS_METHODS[self.nms_method],
+            iou_threshold=predictor.test_nms_thresh,
+            sigma=self.soft_nms_sigma,
+            min_score=self.soft_nms_min_score,
+            topk=predictor.test_topk_per_image,
+        )
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(candidate_boxes[keep])
+        result.scores = kept_scores
+        result.pred_classes = label[keep]
+        return result
+
+    def forward_with_given_boxes(self, features, instances):
+        instances = super().forward_with_given_boxes(features, instances)
+        if self.maskness_thresh is None:
+            return instances
+        rescored = []
+        for inst in instances:
+            if not inst.has("pred_masks"):
+                raise ValueError("maskness_thresh is set but the ROI heads predict no masks (mask_on is False)")
+            inst.scores = inst.scores * maskness(inst.pred_masks, self.maskness_thresh)
+            rescored.append(inst[inst.scores.argsort(descending=True, stable=True)])
+        return rescored

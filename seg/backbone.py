@@ -1,0 +1,81 @@
+"""The TrV as an mmseg backbone: features of `out_indices` blocks turned into a 4-level pyramid.
+
+Official EVA-02 segmentation layout: the backbone returns the outputs of four blocks, rescaled x4 (deconv, BN,
+GELU, deconv), x2 (deconv), x1 (identity) and x0.5 (max-pool), all at the TrV width, so UperNet and Mask2Former
+see strides 4, 8, 16, 32 of the input. The class *is* a TrV (subclass), so its parameters sit under
+`backbone.blocks.N`, `backbone.patch_embed`, `backbone.pos_embed` in a segmentor: the names that
+`eva02.backbone.layer_id` and official mmseg checkpoints use. The pyramid lives under `backbone.pyramid`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from mmengine.logging import print_log
+from mmseg.models.necks import Feature2Pyramid
+from mmseg.registry import MODELS
+
+from eva02.backbone import PRESETS, TrV, TrVConfig, load_checkpoint
+
+__all__ = ["EVA02"]
+
+
+@MODELS.register_module()
+class EVA02(TrV):
+    """EVA-02 TrV backbone for mmseg.
+
+    Args:
+        arch: preset name ("eva02_Ti", "eva02_S", "eva02_B", "eva02_L").
+        arch_overrides: architecture fields replacing the preset's (embed_dim, depth, num_heads, mlp_hidden,
+            sub_ln), e.g. a shrunk test backbone.
+        img_size: training crop side; the absolute position embedding is kept at img_size / patch_size per
+            side (official: the pre-trained 16x16 grid is resized once, at load).
+        patch_size: 16 for segmentation (p14 checkpoints are resized on load).
+        out_indices: the four blocks feeding the pyramid (official B: 3, 5, 7, 11; L: 7, 11, 15, 23).
+        rescales: pyramid scale factors, one per out index.
+        norm_cfg: normalization inside the x4 branch (SyncBN officially; BN on CPU).
+        window_size, global_blocks: 0 (default) = global attention in every block, as official.
+        pretrained: a checkpoint in any layout `eva02.backbone.load_checkpoint` reads; loaded by init_weights().
+        use_checkpoint: activation checkpointing of every block.
+        Other keyword arguments (drop_path_rate, attn_impl, rope_grid, ...) go to TrV.
+
+    forward: (B, 3, H, W) -> tuple of 4 maps (B, C, H/4, W/4), (B, C, H/8, W/8), (B, C, H/16, W/16),
+    (B, C, H/32, W/32) for patch 16 and the default rescales.
+    """
+
+    def __init__(
+        self,
+        arch: str = "eva02_B",
+        arch_overrides: dict | None = None,
+        img_size: int = 512,
+        patch_size: int = 16,
+        out_indices: Sequence[int] = (3, 5, 7, 11),
+        rescales: Sequence[float] = (4, 2, 1, 0.5),
+        norm_cfg: dict | None = None,
+        pretrained: str | None = None,
+        init_cfg: dict | None = None,
+        **trv_kwargs,
+    ):
+        if arch not in PRESETS:
+            raise KeyError(f"EVA02 backbone: unknown arch {arch!r}; choose from {sorted(PRESETS)}")
+        if len(out_indices) != len(rescales):
+            raise ValueError(f"EVA02 backbone: {len(out_indices)} out_indices but {len(rescales)} rescales")
+        if init_cfg is not None:
+            raise ValueError("EVA02 backbone: pass the checkpoint as `pretrained=PATH` (loaded through "
+                             "eva02.backbone.load_checkpoint), not init_cfg")
+        cfg = TrVConfig(**{**PRESETS[arch].__dict__, **(arch_overrides or {})})
+        super().__init__(cfg, patch_size=patch_size, img_size=img_size, out_indices=out_indices, **trv_kwargs)
+        self.pyramid = Feature2Pyramid(cfg.embed_dim, list(rescales), norm_cfg or dict(type="SyncBN", requires_grad=True))
+        self.pretrained = pretrained
+
+    def init_weights(self) -> None:
+        """Official TrV init, then the pretrained weights if any (mmengine's runner calls this once)."""
+        super().init_weights()
+        if getattr(self, "pretrained", None):
+            report = load_checkpoint(self, self.pretrained)
+            # The pyramid is new in every backbone-only checkpoint; anything else missing deserves a look.
+            report.missing = [k for k in report.missing if not k.startswith("pyramid.")]
+            print_log(f"EVA02 backbone: weights from {self.pretrained}\n{report}", logger="current")
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.pyramid(super().forward(x))

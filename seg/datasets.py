@@ -1,0 +1,66 @@
+"""mmseg datasets in their standard layouts, with an error naming the expected layout when a folder is missing.
+
+mmseg alone fails deep in a directory scan (or finds zero images) when `data_root` is wrong; these subclasses
+check the folders when the dataset is built.
+"""
+from __future__ import annotations
+
+import os
+
+from mmseg.datasets import ADE20KDataset, BaseSegDataset, COCOStuffDataset
+from mmseg.registry import DATASETS
+
+from .demo_data import SHAPES_CLASSES, SHAPES_PALETTE
+
+__all__ = ["CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShapesDataset"]
+
+
+class _LayoutCheck:
+    """Mixin: before scanning, make sure the image and label folders exist and hold images."""
+
+    LAYOUT = ""  # the standard folder layout, shown in the error
+
+    def load_data_list(self) -> list[dict]:
+        for key in ("img_path", "seg_map_path"):
+            folder = self.data_prefix.get(key)
+            if folder and not os.path.isdir(folder):
+                raise FileNotFoundError(
+                    f"{type(self).__name__}: {key} folder '{folder}' does not exist (data_root "
+                    f"'{self.data_root}'). Expected layout under data_root:\n{self.LAYOUT}\n"
+                    "Set the data root with the environment variable named in the config or "
+                    "--cfg-options (train/val/test_dataloader.dataset.data_root).")
+        data_list = super().load_data_list()
+        if not data_list:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: no '*{self.img_suffix}' images in '{self.data_prefix.get('img_path')}'. "
+                f"Expected layout under data_root '{self.data_root}':\n{self.LAYOUT}")
+        return data_list
+
+
+@DATASETS.register_module()
+class CheckedADE20KDataset(_LayoutCheck, ADE20KDataset):
+    """ADE20K (ADEChallengeData2016), 150 classes, label 0 = other (reduce_zero_label)."""
+
+    LAYOUT = ("  images/training/*.jpg          annotations/training/*.png\n"
+              "  images/validation/*.jpg        annotations/validation/*.png")
+
+
+@DATASETS.register_module()
+class CheckedCOCOStuffDataset(_LayoutCheck, COCOStuffDataset):
+    """COCO-Stuff-164K, 171 classes, labels converted with mmseg's tools/dataset_converters/coco_stuff164k.py."""
+
+    LAYOUT = ("  images/train2017/*.jpg         annotations/train2017/*_labelTrainIds.png\n"
+              "  images/val2017/*.jpg           annotations/val2017/*_labelTrainIds.png\n"
+              "  (labels from mmseg's tools/dataset_converters/coco_stuff164k.py)")
+
+
+@DATASETS.register_module()
+class ShapesDataset(_LayoutCheck, BaseSegDataset):
+    """The generated demo dataset (eva02.seg.demo_data), ADE layout and label convention."""
+
+    METAINFO = dict(classes=SHAPES_CLASSES, palette=SHAPES_PALETTE)
+    LAYOUT = CheckedADE20KDataset.LAYOUT
+
+    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = True, **kwargs):
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
+                         **kwargs)

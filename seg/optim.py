@@ -1,0 +1,61 @@
+"""Layer-wise lr decay for mmengine, built on the one rule in `eva02.backbone.layer_decay`.
+
+Config:
+    optim_wrapper = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="AdamW", lr=4e-5, betas=(0.9, 0.999), weight_decay=0.05),
+        constructor="LayerDecayOptimWrapperConstructor",
+        paramwise_cfg=dict(layer_decay_rate=0.9),  # optional num_layers, checked against the backbone
+    )
+Layer ids (official): patch_embed / pos_embed / tokens -> 0, backbone.blocks.i -> i + 1, everything else
+(pyramid, heads) -> depth + 1; lr = base lr * rate ** (depth + 1 - layer id). No weight decay for 1-D
+parameters, biases, pos_embed and tokens, with or without the `backbone.` / `module.` prefix.
+"""
+from __future__ import annotations
+
+from mmengine.logging import print_log
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from torch import nn
+
+from eva02.backbone import is_no_decay, param_groups
+
+__all__ = ["LayerDecayOptimWrapperConstructor"]
+
+
+def trv_depth(model: nn.Module) -> int:
+    """Depth of the TrV inside a segmentor (its `backbone`), or of a bare TrV."""
+    backbone = getattr(model, "backbone", model)
+    cfg = getattr(backbone, "cfg", None)
+    if cfg is None or not hasattr(cfg, "depth"):
+        raise TypeError(f"LayerDecayOptimWrapperConstructor needs a TrV backbone, got {type(backbone).__name__}")
+    return cfg.depth
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine optimizer-wrapper constructor with EVA-02 layer-wise lr decay (paramwise_cfg: layer_decay_rate,
+    optional num_layers = TrV depth). Each parameter group carries lr, weight_decay, lr_scale, layer_id and
+    param_names; mmengine's schedulers scale every group's lr from its own starting value."""
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
+        paramwise_cfg = dict(paramwise_cfg or {})
+        unknown = set(paramwise_cfg) - {"layer_decay_rate", "num_layers"}
+        if "layer_decay_rate" not in paramwise_cfg or unknown:
+            raise KeyError(f"LayerDecayOptimWrapperConstructor: paramwise_cfg needs 'layer_decay_rate' and "
+                           f"accepts 'num_layers' only, got {sorted(paramwise_cfg)}")
+        self.layer_decay_rate = float(paramwise_cfg["layer_decay_rate"])
+        self.num_layers = paramwise_cfg.get("num_layers")
+        super().__init__(optim_wrapper_cfg, paramwise_cfg=None)
+        self.paramwise_cfg = paramwise_cfg  # non-empty: mmengine then calls add_params
+
+    def add_params(self, params: list, module: nn.Module, **kwargs) -> None:
+        depth = trv_depth(module)
+        if self.num_layers is not None and self.num_layers != depth:
+            raise ValueError(f"paramwise_cfg.num_layers={self.num_layers} but the backbone has {depth} blocks")
+        groups = param_groups(module.named_parameters(), self.base_lr, self.base_wd or 0.0, depth,
+                              self.layer_decay_rate, no_decay=is_no_decay)
+        for g in groups:
+            print_log(f"layer {g['layer_id']:2d} lr_scale {g['lr_scale']:.4f} wd {g['weight_decay']}: "
+                      f"{len(g['params'])} tensors", logger="current", level=10)  # DEBUG
+        params.extend(groups)
