@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .trv import TrV
 
 __all__ = [
-    "LoadReport", "load_checkpoint", "read_state_dict", "to_official", "official_p14_to_p16",
+    "LoadReport", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
+    "to_trv_names", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
 
@@ -68,6 +69,19 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a torn checkpoint."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
     """The raw object saved in a checkpoint file (.pt / .pth / .safetensors).
 
@@ -90,7 +104,7 @@ def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
     return obj
 
 
-def _unwrap(obj: dict, use_ema: bool, source: str, report: LoadReport) -> dict:
+def unwrap_state_dict(obj: dict, use_ema: bool, source: str, report: LoadReport) -> dict:
     """The flat {name: tensor} dict inside a checkpoint object."""
     if use_ema:
         if "ema_state" not in obj:
@@ -200,7 +214,7 @@ def load_checkpoint(
     source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
     obj = read_state_dict(checkpoint, weights_only) if not isinstance(checkpoint, dict) else checkpoint
     report = LoadReport()
-    sd = to_trv_names(_unwrap(obj, use_ema, source, report), report)
+    sd = to_trv_names(unwrap_state_dict(obj, use_ema, source, report), report)
     own = model.state_dict()
     to_load = {}
     for k, v in sd.items():

@@ -1,0 +1,52 @@
+"""tools/convert_checkpoint.py end to end on a checkpoint the test writes in the official MIM layout."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from eva02.backbone import create_trv, load_checkpoint, to_official
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_checkpoint.py"
+
+
+def _official_mim(path):
+    torch.manual_seed(0)
+    src = create_trv("eva02_S", depth=2, with_cls_token=True, with_mask_token=True)
+    sd = to_official(src)
+    sd["rope.freqs_cos"] = torch.zeros(256, 32)
+    torch.save({"module": sd}, path)
+    return src
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], check=True, capture_output=True, text=True)
+
+
+def test_p14_to_p14to16_then_into_detection_backbone(tmp_path):
+    _official_mim(tmp_path / "pt_p14.pt")
+    _run(tmp_path / "pt_p14.pt", tmp_path / "p14to16.pt", "--to", "p14to16")
+    out = torch.load(tmp_path / "p14to16.pt")
+    assert out["patch_embed.proj.weight"].shape == (384, 3, 16, 16) and out["pos_embed"].shape == (1, 197, 384)
+    assert "blocks.0.attn.q_proj.weight" in out and not any("rope" in k for k in out)
+    det = create_trv("eva02_S", depth=2, patch_size=16, window_size=16, global_blocks=(1,))
+    report = load_checkpoint(det, tmp_path / "p14to16.pt")
+    assert report.missing == [] and report.converted == ["fused q/k/v projections in 2 blocks"]  # no resizing left
+
+
+def test_p14_to_own_layout_keeps_outputs(tmp_path):
+    src = _official_mim(tmp_path / "pt_p14.pt")
+    _run(tmp_path / "pt_p14.pt", tmp_path / "own.pth", "--to", "eva02", "--patch-size", "14")
+    out = torch.load(tmp_path / "own.pth")
+    assert out["arch"] == {"preset": "eva02_S", "depth": 2, "sub_ln": False, "patch_size": 14, "img_size": 224}
+    model = create_trv("eva02_S", depth=2, with_cls_token=True, with_mask_token=True)
+    model.load_state_dict(out["model"])
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(model.eval().forward_tokens(x), src.eval().forward_tokens(x))
+
+
+def test_not_a_backbone_is_a_clear_error(tmp_path):
+    torch.save({"model": {"head.weight": torch.zeros(2)}}, tmp_path / "x.pt")
+    result = subprocess.run([sys.executable, str(TOOL), tmp_path / "x.pt", tmp_path / "y.pt", "--to", "p14to16"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "patch_embed.proj.weight" in result.stderr

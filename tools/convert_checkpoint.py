@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Convert EVA-02 checkpoints.
+
+  --to p14to16  official p14 MIM checkpoint -> the official `*_p14to16.pt` layout that detection and
+                segmentation initialize from (patch kernel 14 -> 16, position embedding 16x16 -> 14x14,
+                RoPE buffers dropped, official key names at the top level).
+  --to eva02    any layout load_checkpoint reads -> this project's layout: {"model": TrV state dict (fused
+                qkv), "arch": {...}}, at the patch size you ask for.
+
+Examples:
+  python tools/convert_checkpoint.py eva02_L_pt_m38m_p14.pt eva02_L_pt_m38m_p14to16.pt --to p14to16
+  python tools/convert_checkpoint.py eva02_L_pt_m38m_p14.pt eva02_L_p16.pth --to eva02 --patch-size 16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eva02.backbone import PRESETS, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic
+from eva02.backbone.checkpoint import LoadReport, to_trv_names, unwrap_state_dict
+
+
+def infer_preset(state: dict) -> tuple[str, int]:
+    """(preset name, depth) from a converted state dict's widths and block count."""
+    if "pos_embed" not in state:
+        raise KeyError("no 'pos_embed' in the checkpoint: it does not look like an EVA-02 backbone")
+    width = state["pos_embed"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for name, cfg in PRESETS.items():
+        if cfg.embed_dim == width:
+            return name, depth
+    raise ValueError(f"embed dim {width} matches no EVA-02 preset ({ {n: c.embed_dim for n, c in PRESETS.items()} })")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--to", choices=("p14to16", "eva02"), required=True)
+    parser.add_argument("--patch-size", type=int, default=16, help="--to eva02: patch size of the result")
+    parser.add_argument("--img-size", type=int, default=224, help="pre-training size setting the pos-embed grid")
+    parser.add_argument("--patch-resize", choices=("bicubic", "pinv"), default="bicubic")
+    parser.add_argument("--use-ema", action="store_true", help="take the weights from 'ema_state'")
+    parser.add_argument("--unsafe-pickle", action="store_true",
+                        help="load with weights_only=False (runs pickled code: trusted files only)")
+    args = parser.parse_args(argv)
+
+    raw = read_state_dict(args.input, weights_only=not args.unsafe_pickle)
+    if args.to == "p14to16":
+        report = LoadReport()
+        state = unwrap_state_dict(raw, args.use_ema, args.input, report)
+        if "patch_embed.proj.weight" not in state:
+            raise KeyError(f"{args.input}: no 'patch_embed.proj.weight' at the top level, under 'module' or 'model'")
+        out = official_p14_to_p16(state, args.img_size, args.patch_resize)
+        save_atomic(out, args.output)
+        print(f"wrote {args.output}: {len(out)} tensors, patch kernel {tuple(out['patch_embed.proj.weight'].shape)}, "
+              f"pos_embed {tuple(out['pos_embed'].shape)}")
+        return 0
+
+    state = to_trv_names(unwrap_state_dict(raw, args.use_ema, args.input, LoadReport()), LoadReport())
+    name, depth = infer_preset(state)
+    sub_ln = any(".mlp.ffn_ln." in k for k in state)
+    model = create_trv(name, depth=depth, patch_size=args.patch_size, img_size=args.img_size, sub_ln=sub_ln,
+                       with_cls_token=True, with_mask_token=True)
+    report = load_checkpoint(model, state, patch_resize=args.patch_resize)
+    print(report)
+    if report.missing:
+        # tokens the source never had are not worth keeping as random values
+        state = {k: v for k, v in model.state_dict().items() if k not in report.missing}
+    else:
+        state = model.state_dict()
+    arch = {"preset": name, "depth": depth, "sub_ln": sub_ln, "patch_size": args.patch_size, "img_size": args.img_size}
+    save_atomic({"model": state, "arch": arch}, args.output)
+    print(f"wrote {args.output}: {name} ({arch})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
