@@ -4,10 +4,15 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install install-xformers test test-all demo bench clean
 
 install:
 	@bash tools/install.sh
+
+# Optional: xformers kernels (GPU only; attn_impl="xformers"). SDPA is the default and needs nothing extra.
+install-xformers: install
+	$(PY) -m pip install --no-deps xformers  # --no-deps: it must not replace the pinned torch
+	$(PY) -c "from eva02.backbone.trv import xformers_available as a; print('xformers usable:', a())"
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

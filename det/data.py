@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.data.datasets import load_coco_json, register_coco_instances, register_lvis_instances
 
 __all__ = ["DATASET_LAYOUT", "register_all", "make_shapes_dataset", "register_shapes", "prepare_shapes",
            "SHAPE_CLASSES"]
@@ -110,7 +110,8 @@ def _draw_image(rng: np.random.Generator, size: int, max_objects: int):
     return img, anns
 
 
-def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Generator, max_objects: int):
+def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Generator, max_objects: int,
+                 lvis: bool):
     import cv2
 
     img_dir = root / split
@@ -120,7 +121,11 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
         img, anns = _draw_image(rng, size, max_objects)
         file_name = f"{i:06d}.png"
         cv2.imwrite(str(img_dir / file_name), img[:, :, ::-1])  # RGB -> BGR for cv2
-        images.append({"id": i + 1, "file_name": file_name, "height": size, "width": size})
+        image = {"id": i + 1, "file_name": file_name, "height": size, "width": size}
+        if lvis:  # every class is exhaustively annotated; detectron2 finds LVIS images by their coco_url
+            image.update(not_exhaustive_category_ids=[], neg_category_ids=[],
+                         coco_url=f"http://shapes.invalid/{split}/{file_name}")
+        images.append(image)
         for kind, poly in anns:
             x0, y0 = np.clip(poly.min(0), 0, size)
             x1, y1 = np.clip(poly.max(0), 0, size)
@@ -134,6 +139,9 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
         "images": images, "annotations": annotations,
         "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_CLASSES)],
     }
+    if lvis:
+        for c in coco["categories"]:
+            c.update(frequency="f", synset=f"{c['name']}.n.01")
     json_path = root / f"{split}.json"
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(coco))
@@ -147,23 +155,31 @@ def _polygon_area(poly: np.ndarray) -> float:
 
 
 def make_shapes_dataset(root, num_train: int = 400, num_val: int = 50, image_size: int = 192, seed: int = 0,
-                        max_objects: int = 4) -> dict[str, str]:
+                        max_objects: int = 4, lvis: bool = False) -> dict[str, str]:
     """Write a COCO-format dataset of filled circles, squares and triangles (3 classes, polygon masks).
 
     Layout: root/{train,val}/NNNNNN.png and root/{train,val}.json. Shapes never overlap, lie fully inside
     the image, have circumradius 8-22% of the side and bright colours on a dark noisy background.
+    lvis=True adds the LVIS json fields (category frequency, per-image negative / not-exhaustive lists) so the
+    files also load as an LVIS dataset (register_shapes(..., lvis=True)) and evaluate with LVISEvaluator.
     Returns {"train_json", "train_images", "val_json", "val_images"}. Same arguments -> same files.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    train_json, train_images = _write_split(root, "train", num_train, image_size, rng, max_objects)
-    val_json, val_images = _write_split(root, "val", num_val, image_size, rng, max_objects)
+    train_json, train_images = _write_split(root, "train", num_train, image_size, rng, max_objects, lvis)
+    val_json, val_images = _write_split(root, "val", num_val, image_size, rng, max_objects, lvis)
     return {"train_json": train_json, "train_images": train_images, "val_json": val_json, "val_images": val_images}
 
 
-def register_shapes(paths: dict[str, str], prefix: str = "shapes") -> tuple[str, str]:
+def register_shapes(paths: dict[str, str], prefix: str = "shapes", lvis: bool = False) -> tuple[str, str]:
     """Register `{prefix}_train` and `{prefix}_val` from make_shapes_dataset's paths (re-registering replaces
-    them). Returns the two names."""
+    them). Returns the two names.
+
+    lvis=True registers them as LVIS v1 datasets (files made with lvis=True): the LVIS v1 metadata (1203
+    classes, class image counts) applies and the shapes are LVIS classes 1-3; the prefix must contain "v1"
+    (detectron2 picks the LVIS metadata by name)."""
+    if lvis and "v1" not in prefix:
+        raise ValueError(f"register_shapes(lvis=True) needs a prefix containing 'v1', got {prefix!r}")
     names = []
     for split in ("train", "val"):
         name = f"{prefix}_{split}"
@@ -171,6 +187,10 @@ def register_shapes(paths: dict[str, str], prefix: str = "shapes") -> tuple[str,
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         json_file, image_root = paths[f"{split}_json"], paths[f"{split}_images"]
+        if lvis:  # detectron2's LVIS loader joins image_root + <split folder of coco_url>
+            register_lvis_instances(name, {}, json_file, str(Path(image_root).parent) + os.sep)
+            names.append(name)
+            continue
         DatasetCatalog.register(name, lambda j=json_file, r=image_root, n=name: load_coco_json(j, r, n))
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
                                       thing_classes=list(SHAPE_CLASSES))

@@ -9,19 +9,17 @@ import torch
 SOFT_NMS_METHODS = ("linear", "gaussian")
 
 
-def _iou_with(selected: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """IoU of one selected box per row with every box of that row.
+def _iou_with_selected(planes: torch.Tensor, areas: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """IoU of the selected box of each row with every box of that row.
 
-    selected (C, 4), boxes (C, M, 4), both xyxy -> (C, M). Same arithmetic order as mmcv's CPU kernel
-    (offset 0), so scores agree with it to the last bit or so.
+    planes (4, C, M): x1, y1, x2, y2 of the grid; areas (C, M); best (C,) column of each row's selected box
+    -> (C, M). Same arithmetic order as mmcv's CPU kernel (offset 0), so scores agree with it to the last bit.
     """
-    sel = selected[:, None, :]
-    width = (torch.minimum(sel[..., 2], boxes[..., 2]) - torch.maximum(sel[..., 0], boxes[..., 0])).clamp(min=0)
-    height = (torch.minimum(sel[..., 3], boxes[..., 3]) - torch.maximum(sel[..., 1], boxes[..., 1])).clamp(min=0)
-    inter = width * height
-    area_sel = (sel[..., 2] - sel[..., 0]) * (sel[..., 3] - sel[..., 1])
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    return inter / (area_sel + area - inter)
+    sel = planes.gather(2, best[None, :, None].expand(4, -1, 1))  # (4, C, 1)
+    width = (torch.minimum(sel[2], planes[2]) - torch.maximum(sel[0], planes[0])).clamp_(min=0)
+    height = (torch.minimum(sel[3], planes[3]) - torch.maximum(sel[1], planes[1])).clamp_(min=0)
+    inter = width.mul_(height)
+    return inter / (areas.gather(1, best[:, None]) + areas - inter)
 
 
 def soft_nms(
@@ -45,8 +43,9 @@ def soft_nms(
     Class-wise by padding: the boxes are laid out as a (classes, max boxes per class) grid and every step
     selects one box in *every* class at once. The number of sequential steps is then the size of the largest
     class rather than the total (the coordinate-offset trick would run all N boxes through one long sequence,
-    a per-class loop would run sum(n_c) Python steps); each step is a few fused tensor ops on the grid and no
-    host sync, so it runs unchanged on a GPU.
+    a per-class loop would run sum(n_c) Python steps); each step is a few dense tensor ops on the grid plus
+    one scalar read for the early exit, so it runs unchanged on a GPU. With `topk`, the loop stops as soon as
+    no remaining box can reach the top-k any more (the result is the same as running to the end).
 
     Args:
         boxes: (N, 4) xyxy. scores: (N,). labels: (N,) integer class per box, or None for class-agnostic.
@@ -76,20 +75,31 @@ def soft_nms(
     col[by_row] = torch.arange(row.numel(), device=row.device) - starts[row[by_row]]
     num_rows, width = classes.numel(), int(counts.max())
 
-    grid_boxes = boxes.new_zeros(num_rows, width, 4)
-    grid_boxes[row, col] = boxes[candidates].to(grid_boxes.dtype)
+    # Coordinates as contiguous (C, M) planes: every step is a handful of dense elementwise ops.
+    planes = boxes.new_zeros(4, num_rows, width)
+    planes[:, row, col] = boxes[candidates].to(planes.dtype).T
+    areas = (planes[2] - planes[0]) * (planes[3] - planes[1])
     grid_scores = scores.new_zeros(num_rows, width)
     grid_scores[row, col] = scores[candidates]
     alive = torch.zeros(num_rows, width, dtype=torch.bool, device=boxes.device)  # not dropped
     alive[row, col] = True
     pending = alive.clone()  # alive and not selected yet
     rows = torch.arange(num_rows, device=boxes.device)
+    limit = topk if topk is not None and topk > 0 else None
+    best_selected = scores.new_full((limit or 1,), float("-inf"))  # the top-k scores selected so far
 
-    # Each step selects one pending box per class (or none when the class is done): `width` steps suffice.
+    # Each step selects one pending box per class (or none when the class is done): `width` steps at most.
     for _ in range(width):
-        best = grid_scores.masked_fill(~pending, float("-inf")).argmax(1)  # (C,)
+        next_scores, best = grid_scores.masked_fill(~pending, float("-inf")).max(1)  # (C,)
+        # Selected scores are final and each class selects in decreasing order: once no pending box beats
+        # the k-th best selected score, nothing left can enter the top-k (an exact early exit).
+        best_next = float(next_scores.max())
+        if best_next == float("-inf") or best_next < float(best_selected[-1]):
+            break
+        if limit:
+            best_selected = torch.cat([best_selected, next_scores]).topk(limit).values
         pending[rows, best] = False
-        iou = _iou_with(grid_boxes[rows, best], grid_boxes)
+        iou = _iou_with_selected(planes, areas, best)
         if method == "linear":
             weight = torch.where(iou >= iou_threshold, 1.0 - iou, torch.ones_like(iou))
         else:
@@ -99,7 +109,7 @@ def soft_nms(
         pending &= ~dropped
         alive &= ~dropped
 
-    kept = alive[row, col]
+    kept = (alive & ~pending)[row, col]
     keep, new_scores = candidates[kept], grid_scores[row, col][kept]
     new_scores, order = new_scores.sort(descending=True, stable=True)
     keep = keep[order]

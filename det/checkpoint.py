@@ -1,0 +1,129 @@
+"""Detector checkpoints: official EVA-02 layouts in, atomic writes out.
+
+`EVACheckpointer` is a detectron2 `DetectionCheckpointer` subclass (use it wherever detectron2 takes one) that
+  - reads files with `weights_only=True` unless told the file is trusted (unpickling runs code);
+  - converts backbone keys of released detectors (`backbone.net.*`: separate q/k/v fused, RoPE buffers dropped)
+    with `eva02.backbone.checkpoint.to_trv_names`; heads load as detectron2 loads them;
+  - takes the weights from `ema_state` when `use_ema=True`;
+  - loads a backbone-only checkpoint (MIM `module`, p14to16, timm, our TrV) into `model.backbone.net` through
+    `eva02.backbone.load_checkpoint` (patch kernel and pos-embed resized);
+  - writes checkpoints and the `last_checkpoint` tag atomically (temporary file + rename).
+`load_detector_weights(model, path, use_ema=False)` is the one-call form; it returns the missing/unexpected keys.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import _IncompatibleKeys
+
+from eva02.backbone import load_checkpoint, read_state_dict
+from eva02.backbone.checkpoint import LoadReport, to_trv_names
+
+from .ema import unwrap_model
+
+__all__ = ["EVACheckpointer", "load_detector_weights"]
+
+logger = logging.getLogger(__name__)
+_NET = "backbone.net."
+
+
+def _atomic_torch_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class EVACheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer for EVA-02 detectors (see the module docstring).
+
+    Args:
+        use_ema: load the weights stored under `ema_state` instead of `model`.
+        weights_only: refuse pickled objects when reading (set False only for trusted files).
+        Others as `DetectionCheckpointer` (model, save_dir, save_to_disk, **checkpointables).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, use_ema: bool = False, weights_only: bool = True,
+                 save_to_disk: bool | None = None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.use_ema = use_ema
+        self.weights_only = weights_only
+        self.last_incompatible: _IncompatibleKeys | None = None
+
+    # ------------------------------------------------------------------ reading
+    def _load_file(self, filename: str) -> dict:
+        if filename.endswith(".pkl"):  # Detectron / Caffe2 pickles: detectron2's own path
+            return super()._load_file(filename)
+        obj = read_state_dict(filename, self.weights_only)
+        if "model" not in obj:
+            inner = obj.get("module") or obj.get("state_dict")
+            obj = {"model": inner if isinstance(inner, dict) else obj}
+        obj["_source"] = filename
+        return obj
+
+    def _load_model(self, checkpoint: dict):
+        source = checkpoint.pop("_source", "<checkpoint>")
+        if self.use_ema:
+            if "ema_state" not in checkpoint:
+                raise KeyError(f"{source}: EMA weights requested but the file has no 'ema_state' "
+                               f"(keys: {sorted(checkpoint)}); load it with use_ema=False "
+                               "(train.init_use_ema=False / train.model_ema.use_for_eval=False)")
+            logger.info(f"{source}: loading the EMA weights ('ema_state')")
+            checkpoint["model"] = checkpoint.pop("ema_state")
+        state = checkpoint["model"]
+        if not any(k.startswith("backbone.") or k.startswith("roi_heads.") for k in state):
+            self.last_incompatible = self._load_backbone_only(state, source)
+            return self.last_incompatible
+        report = LoadReport()
+        backbone = to_trv_names({k: v for k, v in state.items() if k.startswith(_NET)}, report)
+        rest = {k: v for k, v in state.items() if not k.startswith(_NET)}
+        checkpoint["model"] = {**rest, **{_NET + k: v for k, v in backbone.items()}}
+        for line in report.converted:
+            logger.info(f"{source}: backbone {line}")
+        incompatible = super()._load_model(checkpoint)
+        self.last_incompatible = incompatible
+        return incompatible
+
+    def _load_backbone_only(self, state: dict, source: str) -> _IncompatibleKeys:
+        net = unwrap_model(self.model).backbone.net
+        report = load_checkpoint(net, state)
+        logger.info(f"{source}: backbone-only checkpoint loaded into backbone.net: {report}")
+        return _IncompatibleKeys(missing_keys=[_NET + k for k in report.missing],
+                                 unexpected_keys=report.unexpected, incorrect_shapes=[])
+
+    # ------------------------------------------------------------------ writing
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        _atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(last_filename_basename)
+        os.replace(tmp, path)
+
+
+def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True) -> _IncompatibleKeys:
+    """Load a detector checkpoint (official released `.pth`, one of ours, or a backbone-only file) into model.
+
+    Returns detectron2's incompatible keys (missing_keys, unexpected_keys, incorrect_shapes); they are also
+    logged. RoPE buffers of official files are dropped, never reported.
+    """
+    checkpointer = EVACheckpointer(model, use_ema=use_ema, weights_only=weights_only)
+    checkpointer.load(path, checkpointables=[])
+    return checkpointer.last_incompatible

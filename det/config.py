@@ -1,0 +1,66 @@
+"""Helpers that the LazyConfig files call, so each paper-table config states only its table's values."""
+from __future__ import annotations
+
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamScheduler
+
+__all__ = ["set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations"]
+
+
+def lsj_augmentations(size: int, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
+    """Large-scale jitter (reference §2): random flip, resize to 0.1-2.0 of the crop, fixed-size crop."""
+    return [
+        L(T.RandomFlip)(horizontal=True),
+        L(T.ResizeScale)(min_scale=min_scale, max_scale=max_scale, target_height=size, target_width=size),
+        L(T.FixedSizeCrop)(crop_size=(size, size), pad=False),  # the model pads to the square
+    ]
+
+
+def set_input_size(model, dataloader, size: int, patch_size: int = 16, min_scale: float = 0.1,
+                   max_scale: float = 2.0) -> None:
+    """Crop size everywhere it matters: LSJ crop (scale range min_scale-max_scale), test resize (longest side),
+    square padding, and the global RoPE grid (size / patch, so a square input gives the official tables)."""
+    model.backbone.square_pad = size
+    model.backbone.net.rope_grid = size // patch_size
+    dataloader.train.mapper.augmentations = lsj_augmentations(size, min_scale, max_scale)
+    dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=size, max_size=size)]
+
+
+def step_schedule(max_iter: int, milestones, warmup_iters: int = 1000):
+    """lr multiplier: linear warmup from 0.001, then x0.1 at each milestone (official bsl/sys recipe)."""
+    return L(WarmupParamScheduler)(
+        scheduler=L(MultiStepParamScheduler)(values=[0.1**i for i in range(len(milestones) + 1)],
+                                             milestones=list(milestones),
+                                             num_updates=max_iter),
+        warmup_length=warmup_iters / max_iter,
+        warmup_factor=0.001,
+    )
+
+
+def constant_schedule(max_iter: int, warmup_iters: int = 1000):
+    """lr multiplier: linear warmup from 0.001, then constant (O365-initialized fine-tuning)."""
+    return L(WarmupParamScheduler)(
+        # constant 1.0; fvcore's ConstantParamScheduler rejects where == 1.0, which detectron2's LR hook
+        # reaches after the last step
+        scheduler=L(LinearParamScheduler)(start_value=1.0, end_value=1.0),
+        warmup_length=warmup_iters / max_iter,
+        warmup_factor=0.001,
+    )
+
+
+def set_head_width(model, channels: int, fc_dim: int) -> None:
+    """Width of the feature pyramid and of every head (RPN, box, mask): 256 / 1024 in all paper configs;
+    the CPU demo uses narrower heads."""
+    model.backbone.out_channels = channels
+    model.proposal_generator.head.in_channels = channels
+    for head in model.roi_heads.box_heads:
+        head.input_shape.channels = channels
+        head.conv_dims = [channels] * len(head.conv_dims)
+        head.fc_dims = [fc_dim] * len(head.fc_dims)
+    for predictor in model.roi_heads.box_predictors:
+        predictor.input_shape.channels = fc_dim
+    if "mask_head" in model.roi_heads:  # box-only models (Objects365) have none
+        model.roi_heads.mask_head.input_shape.channels = channels
+        model.roi_heads.mask_head.conv_dims = [channels] * len(model.roi_heads.mask_head.conv_dims)

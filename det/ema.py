@@ -1,0 +1,65 @@
+"""Exponential moving average of a detector's weights (official EVA-02 O365-initialized recipe, decay 0.9999).
+
+The average covers every floating-point parameter and buffer, is updated after every optimizer step, and is
+saved in checkpoints under `ema_state` as a flat {name: tensor} dict with the model's own key names (the layout
+of the released O365-initialized detectors). Integer buffers are copied.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+__all__ = ["ModelEMA", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+class ModelEMA:
+    """Checkpointable EMA state. Empty until `update` (or `load_state_dict`) first runs; the first update
+    copies the model, so an EMA created before loading initial weights starts from those weights."""
+
+    def __init__(self, decay: float = 0.9999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.state: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k: v.detach().clone() for k, v in state.items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """ema <- decay * ema + (1 - decay) * weights (plain copy on the first call and for integer tensors)."""
+        current = unwrap_model(model).state_dict()
+        if not self.state:
+            self.state = {k: v.detach().clone() for k, v in current.items()}
+            return
+        for k, v in current.items():
+            ema = self.state[k]
+            if ema.device != v.device:
+                ema = self.state[k] = ema.to(v.device)
+            if v.is_floating_point():
+                ema.lerp_(v.detach(), 1.0 - self.decay)
+            else:
+                ema.copy_(v)
+
+    @contextlib.contextmanager
+    def applied_to(self, model: nn.Module):
+        """Within the block the model holds the EMA weights; its own weights are restored afterwards."""
+        if not self.state:
+            raise RuntimeError("the EMA holds no weights yet (no training step has run)")
+        target = unwrap_model(model)
+        backup = {k: v.detach().clone() for k, v in target.state_dict().items()}
+        target.load_state_dict(self.state)
+        try:
+            yield target
+        finally:
+            target.load_state_dict(backup)

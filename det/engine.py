@@ -1,0 +1,295 @@
+"""Training and evaluation of EVA-02 detectors from a LazyConfig (what `tools/train_det.py` runs).
+
+`run(cfg, eval_only, resume)` builds the model, loads weights (`train.init_checkpoint`, resume), trains with
+`EVATrainer` (AMP fp16 / bf16, EMA) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
+evaluation, metric logging), evaluates with the config's evaluator, prints the AP table, writes
+`results.json`, draws predictions of the first `train.save_predictions` test images and, with
+`train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and under DDP.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import SimpleTrainer, create_ddp_model, hooks
+from detectron2.engine.train_loop import HookBase
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+from .checkpoint import EVACheckpointer
+from .data import register_all
+from .ema import ModelEMA, unwrap_model
+
+__all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model", "resolve_device", "amp_dtype"]
+
+logger = logging.getLogger("eva02.det")
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(cfg) -> str:
+    """cfg.train.device, or "cpu" (with a warning) when it asks for CUDA on a machine without a GPU."""
+    device = cfg.train.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"train.device={device!r} but no GPU is available: running on the CPU")
+        return "cpu"
+    return device
+
+
+def amp_dtype(cfg, device: str) -> torch.dtype | None:
+    """Autocast dtype from cfg.train.amp (None: AMP off). float16 on a CPU becomes bfloat16 (CPU autocast
+    has few float16 kernels)."""
+    amp = cfg.train.amp
+    if not amp.enabled:
+        return None
+    precision = amp.get("precision", "float16")
+    if precision not in _DTYPES:
+        raise ValueError(f"train.amp.precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+    if device == "cpu" and precision == "float16":
+        logger.warning("AMP float16 requested on the CPU: using bfloat16 autocast instead")
+        precision = "bfloat16"
+    return _DTYPES[precision]
+
+
+class EVATrainer(SimpleTrainer):
+    """SimpleTrainer with optional autocast (float16 with a grad scaler, or bfloat16) on any device."""
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype | None = None, device: str = "cpu"):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+        self.device_type = torch.device(device).type
+        use_scaler = precision == torch.float16 and self.device_type == "cuda"
+        self.grad_scaler = torch.amp.GradScaler(self.device_type) if use_scaler else None
+
+    def run_step(self):
+        assert self.model.training, "[EVATrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast(self.device_type, dtype=self.precision or torch.float32, enabled=self.precision is not None):
+            loss_dict = self.model(data)
+            losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+class EMAHook(HookBase):
+    """Starts the EMA from the weights training begins with (unless a resumed checkpoint restored it) and
+    updates it after every optimizer step."""
+
+    def __init__(self, ema: ModelEMA, model):
+        self.ema = ema
+        self.model = model
+
+    def before_train(self):
+        if not self.ema.state:
+            self.ema.update(self.model)
+
+    def after_step(self):
+        self.ema.update(self.model)
+
+
+def build_model(cfg, device: str):
+    model = instantiate(cfg.model)
+    model.to(device)
+    return model
+
+
+def setup_datasets(cfg) -> None:
+    """Register the standard datasets and run the config's `dataloader.setup` (e.g. generating the demo data),
+    on the main process first so workers never write the same files."""
+    register_all()
+    if "setup" not in cfg.dataloader:
+        return
+    if comm.is_main_process():
+        instantiate(cfg.dataloader.setup)
+    comm.synchronize()
+    if not comm.is_main_process():
+        instantiate(cfg.dataloader.setup)
+
+
+def do_test(cfg, model) -> dict:
+    """Evaluate `model` on cfg.dataloader.test with cfg.dataloader.evaluator; prints and returns the results."""
+    loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    if cfg.train.get("results_dir", ""):
+        evaluator = DatasetEvaluators([evaluator, ServerResultsWriter(_dataset_name(cfg), cfg.train.results_dir)])
+    results = inference_on_dataset(model, loader, evaluator)
+    if comm.is_main_process():
+        print_csv_format(results)
+        os.makedirs(cfg.train.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.train.output_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        if cfg.train.get("save_predictions", 0):
+            draw_predictions(model, loader, cfg.train.save_predictions,
+                             os.path.join(cfg.train.output_dir, "predictions"),
+                             MetadataCatalog.get(_dataset_name(cfg)))
+    return results
+
+
+def _dataset_name(cfg) -> str:
+    names = cfg.dataloader.test.dataset.names
+    return names if isinstance(names, str) else names[0]
+
+
+class ServerResultsWriter(DatasetEvaluator):
+    """Collects predictions as COCO json dicts (RLE masks, contiguous class ids) and writes the evaluation
+    server's results json + zip (`eva02.det.evaluation.write_coco_results`, original category ids) on the main
+    process; used for COCO test-dev, whose labels are not public."""
+
+    def __init__(self, dataset_name: str, output_dir: str):
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self.predictions: list[dict] = []
+
+    def reset(self):
+        self.predictions = []
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            instances = out["instances"].to("cpu")
+            self.predictions.append({"image_id": inp["image_id"],
+                                     "instances": instances_to_coco_json(instances, inp["image_id"])})
+
+    def evaluate(self):
+        from .evaluation import write_coco_results
+
+        parts = comm.gather(self.predictions, dst=0)
+        if comm.is_main_process():
+            json_path, zip_path = write_coco_results([p for part in parts for p in part], self.dataset_name,
+                                                     self.output_dir)
+            logger.info(f"evaluation-server results: {json_path} and {zip_path}")
+        return {}
+
+
+@torch.no_grad()
+def draw_predictions(model, loader, count: int, out_dir: str, metadata, score_thresh: float = 0.5) -> list[str]:
+    """Draw the predictions (score >= score_thresh) of the first `count` images of `loader` into out_dir as
+    PNG files; returns the written paths."""
+    import cv2
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    written = []
+    for inputs in loader:
+        outputs = model(inputs)
+        for inp, out in zip(inputs, outputs):
+            if len(written) >= count:
+                break
+            image = read_image(inp["file_name"], format="RGB")
+            instances = out["instances"].to("cpu")
+            instances = instances[instances.scores >= score_thresh]
+            scale = max(1.0, 512 / max(image.shape[:2]))  # small demo images: enlarge so labels stay readable
+            drawn = Visualizer(image, metadata, scale=scale).draw_instance_predictions(instances).get_image()
+            path = os.path.join(out_dir, os.path.splitext(os.path.basename(inp["file_name"]))[0] + ".png")
+            cv2.imwrite(path, drawn[:, :, ::-1])
+            written.append(path)
+        if len(written) >= count:
+            break
+    model.train(was_training)
+    logger.info(f"drew predictions of {len(written)} images into {out_dir}")
+    return written
+
+
+def _eval_weights_use_ema(cfg) -> bool:
+    ema = cfg.train.get("model_ema", {})
+    return bool(ema.get("enabled", False) and ema.get("use_for_eval", True))
+
+
+def _ddp(model, cfg, device: str):
+    """DistributedDataParallel when world size > 1; on the CPU without device_ids (gloo)."""
+    cpu = {"device_ids": None} if device == "cpu" else {}
+    return create_ddp_model(model, **cfg.train.ddp, **cpu)
+
+
+def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> dict:
+    """Train per cfg (resume continues at the iteration after the last saved checkpoint); extra_hooks run
+    after the standard ones. Returns the latest logged metrics."""
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp_model = _ddp(model, cfg, device)
+    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=amp_dtype(cfg, device), device=device)
+    ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
+    checkpointables = {"ema_state": ema} if ema is not None else {}
+    checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer,
+                                   weights_only=cfg.train.get("init_weights_only", True), **checkpointables)
+
+    def evaluate():
+        if ema is not None and _eval_weights_use_ema(cfg):
+            with ema.applied_to(model):
+                return do_test(cfg, model)
+        return do_test(cfg, model)
+
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        EMAHook(ema, model) if ema is not None else None,
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, evaluate),
+        hooks.PeriodicWriter(
+            [CommonMetricPrinter(cfg.train.max_iter),
+             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"))],
+            period=cfg.train.log_period,
+        ) if comm.is_main_process() else None,
+        *extra_hooks,
+    ])
+    resuming = resume and checkpointer.has_checkpoint()
+    # only initial weights may come from a file's EMA; a resumed checkpoint restores model and EMA as saved
+    checkpointer.use_ema = bool(cfg.train.get("init_use_ema", False)) and not resuming
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    checkpointer.use_ema = False
+    start_iter = trainer.iter + 1 if resuming else 0
+    if start_iter:
+        logger.info(f"resuming from iteration {start_iter}")
+    trainer.train(start_iter, cfg.train.max_iter)
+    return trainer.storage.latest() if comm.is_main_process() else {}
+
+
+def run(cfg, eval_only: bool = False, resume: bool = False, extra_hooks=()):
+    """Entry point of tools/train_det.py (after detectron2's default_setup). Returns the evaluation results
+    (eval_only) or the latest training metrics."""
+    device = resolve_device(cfg)
+    cfg.train.device = device
+    if comm.is_main_process():
+        os.makedirs(cfg.train.output_dir, exist_ok=True)
+    setup_datasets(cfg)
+    model = build_model(cfg, device)
+    logger.info(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    if eval_only:
+        use_ema = bool(cfg.train.get("init_use_ema", False)) or _eval_weights_use_ema(cfg)
+        checkpointer = EVACheckpointer(model, cfg.train.output_dir, use_ema=use_ema,
+                                       weights_only=cfg.train.get("init_weights_only", True))
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+        return do_test(cfg, _ddp(model, cfg, device))
+    return do_train(cfg, model, device, resume=resume, extra_hooks=extra_hooks)

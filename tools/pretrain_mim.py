@@ -1,0 +1,184 @@
+"""MIM pre-training of an EVA-02 TrV against a frozen teacher, and export to the official weight layouts.
+
+    python tools/pretrain_mim.py --model eva02_B --teacher TEACHER --data IMAGE_FOLDER --output DIR [...]
+    torchrun --nproc_per_node 8 tools/pretrain_mim.py ...          # DDP
+    python tools/pretrain_mim.py --model eva02_B --output DIR --export-only   # export the last checkpoint
+    python tools/pretrain_mim.py --demo --output output/demo_mim   # embedded default: generated images,
+                                                                   # random tiny teacher, Ti student
+
+TEACHER is a checkpoint file (a TrV / EVA-CLIP-style vision tower, any layout eva02.backbone reads) or a timm
+model name with a local weights file (--teacher-weights; nothing is downloaded). Hyper-parameters default to
+the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). Re-running with the same --output
+resumes from DIR/checkpoint.pt. Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
+DIR/<model>_mim_p14.pt ({"module": ...}, official MIM layout) and DIR/<model>_mim_p14to16.pt (detection /
+segmentation init).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from eva02.backbone.mim import (CHECKPOINT_NAME, LOG_NAME, RECIPES, PretrainConfig, export_official, pretrain,
+                                write_demo_images, write_random_teacher)
+from eva02.backbone.masking import DEFAULT_MASK_RATIO
+
+# --demo: a CPU-sized run (EVA-02-Ti at 112 px against a random 2-block teacher, 36 steps).
+DEMO = dict(model="eva02_Ti", input_size=112, batch_size=8, epochs=3, lr=1e-3, warmup_epochs=0.5,
+            arch={}, images=96)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(RECIPES), default="eva02_B")
+    p.add_argument("--teacher", help="teacher checkpoint file, or a timm model name (with --teacher-weights)")
+    p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
+    p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
+    p.add_argument("--data", help="folder of training images (searched recursively)")
+    p.add_argument("--output", required=True, help="run folder: checkpoint, log, loss curve, exports")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=float, help="default: the recipe lr scaled to the effective batch")
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--drop-path", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--mask-ratio", type=float, default=DEFAULT_MASK_RATIO)
+    p.add_argument("--amp", choices=("auto", "fp16", "bf16", "none"), default="auto")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="optimizer steps between checkpoints")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT/checkpoint.pt exists")
+    p.add_argument("--attn-impl", choices=("sdpa", "math", "xformers"), default="sdpa")
+    p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
+    p.add_argument("--arch", nargs="*", default=[], metavar="KEY=INT",
+                   help="TrV architecture overrides for a shrunk student, e.g. depth=4")
+    p.add_argument("--export", action="store_true", help="after training, write the official p14 / p14to16 files")
+    p.add_argument("--export-only", action="store_true", help="only export OUTPUT/checkpoint.pt")
+    p.add_argument("--export-name", help="file stem of the exports (default: <model>_mim)")
+    p.add_argument("--demo", action="store_true", help="generate images and a random teacher under OUTPUT and "
+                                                       "run a small CPU-sized pre-training with export")
+    args = p.parse_args(argv)
+    try:
+        args.arch = {k: int(v) for k, v in (item.split("=", 1) for item in args.arch)}
+    except ValueError:
+        p.error(f"--arch takes KEY=INT pairs, got {args.arch}")
+    if args.demo:
+        apply_demo(args)
+    elif not args.export_only and not (args.teacher and args.data):
+        p.error("--teacher and --data are required (or --demo / --export-only)")
+    return args
+
+
+def apply_demo(args: argparse.Namespace) -> None:
+    """Fills in the demo run; the generated data and teacher go under OUTPUT/demo_data."""
+    data = os.path.join(args.output, "demo_data")
+    for key in ("model", "input_size", "batch_size", "epochs", "lr", "warmup_epochs", "arch"):
+        setattr(args, key, DEMO[key])
+    args.export = True
+    args.data, args.teacher = os.path.join(data, "images"), os.path.join(data, "teacher.pt")
+    if not os.path.isdir(args.data):
+        write_demo_images(args.data, DEMO["images"])
+    if not os.path.isfile(args.teacher):
+        write_random_teacher(args.teacher)
+
+
+def plot_loss(history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (negative cosine)")
+    ax.set_title("MIM pre-training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def init_distributed() -> torch.device:
+    """Joins the torchrun process group when there is one; returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    stem = args.export_name or f"{args.model}_mim"
+    if args.export_only:
+        ckpt = os.path.join(args.output, CHECKPOINT_NAME)
+        for path in export_official(ckpt, args.output, stem):
+            print(f"wrote {path}")
+        return 0
+
+    device = init_distributed()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    cfg = PretrainConfig(
+        model=args.model, teacher=args.teacher, data=args.data, output=args.output,
+        teacher_weights=args.teacher_weights, teacher_heads=args.teacher_heads, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr,
+        min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        drop_path=args.drop_path, grad_clip=args.grad_clip, input_size=args.input_size, mask_ratio=args.mask_ratio,
+        amp=args.amp, num_workers=args.workers, seed=args.seed, save_every=args.save_every,
+        resume=not args.no_resume, attn_impl=args.attn_impl, use_checkpoint=args.use_checkpoint, arch=args.arch,
+    )
+    bar = None
+
+    def on_start(info: dict) -> None:
+        nonlocal bar
+        if rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=info["total_steps"], initial=info["step"], desc=f"MIM {args.model}", unit="step",
+                       dynamic_ncols=True)
+
+    def on_step(record: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=record["epoch"])
+
+    try:
+        result = pretrain(cfg, on_step=on_step, device=device, on_start=on_start)
+    finally:
+        if bar is not None:
+            bar.close()
+    if rank == 0:
+        history = result["history"]
+        if history:
+            plot_loss(history, os.path.join(args.output, "loss.png"))
+            first, last = history[0]["loss"], history[-1]["loss"]
+            print(f"step {result['step']}: loss {first:.4f} -> {last:.4f}; log {os.path.join(args.output, LOG_NAME)}, "
+                  f"curve {os.path.join(args.output, 'loss.png')}")
+        if args.export:
+            for path in export_official(result["checkpoint"], args.output, stem):
+                print(f"wrote {path}")
+        with open(os.path.join(args.output, "summary.json"), "w") as f:
+            json.dump({"step": result["step"], "checkpoint": result["checkpoint"],
+                       "final_loss": history[-1]["loss"] if history else None,
+                       "skipped_images": result["skipped_images"]}, f, indent=1)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
