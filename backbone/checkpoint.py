@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .trv import TrV
 
 __all__ = [
-    "LoadReport", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
+    "LoadReport", "atomic_write", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
     "to_trv_names", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
@@ -69,17 +69,23 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves a torn checkpoint."""
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp) with a temporary path beside `path`, then rename it over `path`: a crash or a full disk
+    never leaves a torn file where a good one was expected."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save(obj, path), atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
-from eva02.backbone.checkpoint import LoadReport, to_trv_names
+from eva02.backbone.checkpoint import LoadReport, atomic_write, save_atomic, to_trv_names
 
 from .ema import unwrap_model
 
@@ -28,15 +27,6 @@ __all__ = ["EVACheckpointer", "load_detector_weights"]
 
 logger = logging.getLogger(__name__)
 _NET = "backbone.net."
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class EVACheckpointer(DetectionCheckpointer):
@@ -107,15 +97,12 @@ class EVACheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        _atomic_torch_save(data, save_file)
+        save_atomic(data, save_file)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(last_filename_basename)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: open(tmp, "w").write(last_filename_basename))
 
 
 def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True) -> _IncompatibleKeys:

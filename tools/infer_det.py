@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
+from eva02.backbone.checkpoint import atomic_write
 from eva02.det.checkpoint import load_detector_weights
 from eva02.det.engine import setup_datasets
 from eva02.det.evaluation import dataset_id_map, to_coco_results
@@ -138,10 +138,8 @@ def main(argv=None) -> int:
 
     categories = [{"id": class_to_id[i], "name": class_names[i]} for i in range(num_classes)]
     json_path = out / "predictions.json"
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps({"images": records, "annotations": annotations, "categories": categories,
-                               "failed": failed}))
-    os.replace(tmp, json_path)
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(
+        {"images": records, "annotations": annotations, "categories": categories, "failed": failed})))
     print(f"{len(records)} of {len(images)} images processed, {len(failed)} failed, {len(annotations)} detections "
           f"(score >= {args.score_thresh}); drawn images and {json_path} in {out}")
     for failure in failed:

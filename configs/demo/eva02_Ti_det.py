@@ -11,7 +11,7 @@ from detectron2.config import LazyCall as L
 from eva02.det.config import set_head_width, set_input_size, step_schedule
 from eva02.det.data import prepare_shapes
 
-from ..common.eva02_cascade_mask_rcnn import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from ..common.eva02_cascade_mask_rcnn import dataloader, model, optimizer, train
 
 IMAGE_SIZE = 128
 
