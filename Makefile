@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install install-xformers test test-all demo bench clean
+.PHONY: install install-xformers test test-all demo demo-backbone demo-mim bench clean
 
 install:
 	@bash tools/install.sh
@@ -21,11 +21,25 @@ test: install
 test-all: install
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
+# The main job: detection demo (train + COCO eval + drawn predictions), the evaluator check on a real
+# annotated photo, then the segmentation demo.
 demo: install
-	$(PY) tools/demo_backbone.py --output output/demo
+	$(PY) tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
+	$(PY) -m eva02.det.evaluation --output output/voc_photo_eval
+	$(PY) tools/train_seg.py configs/demo/eva02_Ti_seg.py --work-dir output/demo/seg
+	$(PY) tools/infer_seg.py configs/demo/eva02_Ti_seg.py "$$(cat output/demo/seg/last_checkpoint)" \
+	    --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
+
+# Smaller demos: backbone PCA picture of a real photo; MIM pre-training of EVA-02-Ti against a random teacher.
+demo-backbone: install
+	$(PY) tools/demo_backbone.py --output output/demo_backbone
+
+demo-mim: install
+	$(PY) tools/pretrain_mim.py --demo --output output/demo_mim
 
 bench: install
 	$(PY) bench/backbone.py
+	$(PY) bench/det.py --size 1024
 
 clean:
 	rm -rf output .pytest_cache

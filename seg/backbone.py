@@ -31,7 +31,8 @@ class EVA02(TrV):
         img_size: training crop side; the absolute position embedding is kept at img_size / patch_size per
             side (official: the pre-trained 16x16 grid is resized once, at load).
         patch_size: 16 for segmentation (p14 checkpoints are resized on load).
-        out_indices: the four blocks feeding the pyramid (official B: 3, 5, 7, 11; L: 7, 11, 15, 23).
+        out_indices: the blocks feeding the pyramid levels, in order (official B: 3, 5, 7, 11; L: 7, 11, 15, 23);
+            a block may repeat.
         rescales: pyramid scale factors, one per out index.
         norm_cfg: normalization inside the x4 branch (SyncBN officially; BN on CPU).
         window_size, global_blocks: 0 (default) = global attention in every block, as official.
@@ -64,8 +65,12 @@ class EVA02(TrV):
             raise ValueError("EVA02 backbone: pass the checkpoint as `pretrained=PATH` (loaded through "
                              "eva02.backbone.load_checkpoint), not init_cfg")
         cfg = TrVConfig(**{**PRESETS[arch].__dict__, **(arch_overrides or {})})
-        super().__init__(cfg, patch_size=patch_size, img_size=img_size, out_indices=out_indices, **trv_kwargs)
-        self.pyramid = Feature2Pyramid(cfg.embed_dim, list(rescales), norm_cfg or dict(type="SyncBN", requires_grad=True))
+        # The TrV returns each block once; the pyramid may take one block twice (shallow test backbones).
+        super().__init__(cfg, patch_size=patch_size, img_size=img_size, out_indices=sorted(set(out_indices)),
+                         **trv_kwargs)
+        self.pyramid_indices = tuple(out_indices)
+        norm_cfg = norm_cfg or dict(type="SyncBN", requires_grad=True)
+        self.pyramid = Feature2Pyramid(cfg.embed_dim, list(rescales), norm_cfg)
         self.pretrained = pretrained
 
     def init_weights(self) -> None:
@@ -78,4 +83,5 @@ class EVA02(TrV):
             print_log(f"EVA02 backbone: weights from {self.pretrained}\n{report}", logger="current")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.pyramid(super().forward(x))
+        feats = dict(zip(self.out_indices, super().forward(x)))
+        return self.pyramid([feats[i] for i in self.pyramid_indices])

@@ -5,20 +5,48 @@ check the folders when the dataset is built.
 """
 from __future__ import annotations
 
+import logging
 import os
 
+import cv2
+import numpy as np
+from mmengine.logging import print_log
 from mmseg.datasets import ADE20KDataset, BaseSegDataset, COCOStuffDataset
 from mmseg.registry import DATASETS
+from tqdm import tqdm
 
-from .demo_data import SHAPES_CLASSES, SHAPES_PALETTE
+from .demo_data import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
 
 __all__ = ["CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShapesDataset"]
 
 
 class _LayoutCheck:
-    """Mixin: before scanning, make sure the image and label folders exist and hold images."""
+    """Mixin: before scanning, make sure the image and label folders exist and hold images.
+
+    check_images=True (meant for evaluation sets) also decodes every image and label map once when the
+    dataset is built; unreadable pairs are reported and left out, so one corrupt file does not stop a long
+    evaluation."""
 
     LAYOUT = ""  # the standard folder layout, shown in the error
+
+    def __init__(self, *args, check_images: bool = False, **kwargs):
+        self.check_images = check_images
+        super().__init__(*args, **kwargs)
+
+    def filter_data(self) -> list[dict]:
+        data_list = super().filter_data()
+        if not self.check_images:
+            return data_list
+        readable, bad = [], []
+        for info in tqdm(data_list, desc=f"checking {type(self).__name__} images", mininterval=5):
+            problem = _unreadable(info["img_path"]) or _unreadable(info.get("seg_map_path"))
+            (bad if problem else readable).append(problem or info)
+        for problem in bad:
+            print_log(f"skipping unreadable {problem}", logger="current", level=logging.ERROR)
+        if bad:
+            print_log(f"{type(self).__name__}: {len(bad)} of {len(data_list)} samples skipped (unreadable files)",
+                      logger="current", level=logging.ERROR)
+        return readable
 
     def load_data_list(self) -> list[dict]:
         for key in ("img_path", "seg_map_path"):
@@ -35,6 +63,18 @@ class _LayoutCheck:
                 f"{type(self).__name__}: no '*{self.img_suffix}' images in '{self.data_prefix.get('img_path')}'. "
                 f"Expected layout under data_root '{self.data_root}':\n{self.LAYOUT}")
         return data_list
+
+
+def _unreadable(path: str | None) -> str | None:
+    """None if the image file decodes, else 'PATH (reason)'."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            ok = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    except OSError as e:
+        return f"{path} ({e.strerror})"
+    return None if ok else f"{path} (not a decodable image)"
 
 
 @DATASETS.register_module()
@@ -56,11 +96,17 @@ class CheckedCOCOStuffDataset(_LayoutCheck, COCOStuffDataset):
 
 @DATASETS.register_module()
 class ShapesDataset(_LayoutCheck, BaseSegDataset):
-    """The generated demo dataset (eva02.seg.demo_data), ADE layout and label convention."""
+    """The generated demo dataset (eva02.seg.demo_data), ADE layout and label convention.
+
+    generate: keyword arguments of make_shapes_dataset (num_train, num_val, size, seed); when given, the data
+    is written under data_root first unless already there, so the demo needs no download."""
 
     METAINFO = dict(classes=SHAPES_CLASSES, palette=SHAPES_PALETTE)
     LAYOUT = CheckedADE20KDataset.LAYOUT
 
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", reduce_zero_label: bool = True, **kwargs):
+    def __init__(self, generate: dict | None = None, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
+                 reduce_zero_label: bool = True, **kwargs):
+        if generate is not None:
+            make_shapes_dataset(kwargs.get("data_root") or ".", **generate)
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
                          **kwargs)

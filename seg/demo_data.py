@@ -12,6 +12,7 @@ model must use both colour and shape to get boundaries right.
 from __future__ import annotations
 
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -34,7 +35,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray
 def _shape_mask(rng: np.random.Generator, name: str, h: int, w: int) -> np.ndarray:
     """Binary (h, w) mask of one randomly placed, sized and rotated shape."""
     mask = np.zeros((h, w), np.uint8)
-    r = int(rng.uniform(0.12, 0.25) * min(h, w))
+    r = int(rng.uniform(0.14, 0.28) * min(h, w))
     cx, cy = int(rng.uniform(r, w - r)), int(rng.uniform(r, h - r))
     angle = rng.uniform(0, 2 * np.pi)
 
@@ -67,7 +68,7 @@ def _sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     hsv[..., 1] = 40 + 60 * _texture(rng, h, w, 6)  # backgrounds are greyish: low saturation
     hsv[..., 2] = 60 + 150 * _texture(rng, h, w, 8)
     label = np.ones((h, w), np.uint8)
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(rng.integers(2, 5)):
         cls = int(rng.integers(1, len(SHAPES_CLASSES)))
         mask = _shape_mask(rng, SHAPES_CLASSES[cls], h, w).astype(bool)
         hsv[mask, 0] = (_HUES[SHAPES_CLASSES[cls]] + rng.normal(0, 6)) % 180
@@ -85,18 +86,29 @@ def _sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
 
 def make_shapes_dataset(root: str, num_train: int = 400, num_val: int = 50, size: int = 128,
                         seed: int = 0, progress: bool = True) -> str:
-    """Write the dataset under `root` (ADE layout, see module doc); returns root. Files already present with the
-    same count are kept, so repeated demo runs reuse the data."""
+    """Write the dataset under `root` (ADE layout, see module doc); returns root.
+
+    A split whose folders already exist is kept, so repeated runs reuse the data. Each split is written to a
+    temporary folder and renamed into place, so concurrent callers (DDP ranks) never see half a split."""
     for split_id, (split, count) in enumerate((("training", num_train), ("validation", num_val))):
-        rng = np.random.default_rng([seed, split_id])  # each split reproducible on its own
         img_dir = os.path.join(root, "images", split)
         ann_dir = os.path.join(root, "annotations", split)
-        if os.path.isdir(img_dir) and len(os.listdir(img_dir)) == count and len(os.listdir(ann_dir)) == count:
+        if os.path.isdir(img_dir) and os.path.isdir(ann_dir):
             continue
-        os.makedirs(img_dir, exist_ok=True)
-        os.makedirs(ann_dir, exist_ok=True)
+        rng = np.random.default_rng([seed, split_id])  # each split reproducible on its own
+        tmp = os.path.join(root, f".tmp-{split}-{os.getpid()}")
+        os.makedirs(os.path.join(tmp, "images"))
+        os.makedirs(os.path.join(tmp, "annotations"))
         for i in tqdm(range(count), desc=f"shapes {split}", disable=not progress):
             img, label = _sample(rng, size)
-            cv2.imwrite(os.path.join(img_dir, f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            cv2.imwrite(os.path.join(ann_dir, f"{i:05d}.png"), label)
+            cv2.imwrite(os.path.join(tmp, "images", f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(os.path.join(tmp, "annotations", f"{i:05d}.png"), label)
+        for kind, final in (("annotations", ann_dir), ("images", img_dir)):  # images last: they mark completion
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(os.path.join(tmp, kind), final)
+            except OSError:  # another process finished this split first
+                if not os.path.isdir(final):
+                    raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return root

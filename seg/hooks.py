@@ -1,0 +1,52 @@
+"""Checkpoints that load with torch's weights_only=True (the default since torch 2.6).
+
+mmengine stores its MessageHub in every checkpoint: smoothed-log HistoryBuffers (pickled with bound methods
+through `getattr`) and numpy scalars. torch refuses to unpickle those by default, so `--resume`, `load_from`
+and mmseg's init_model fail on the runner's own checkpoints. This hook writes the message hub as plain data:
+numpy values become Python numbers / lists and the log-smoothing buffers are left out (resuming restarts the
+running averages of the logged losses, nothing else). Model, optimizer, scheduler and iteration are untouched.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmseg.registry import HOOKS
+
+__all__ = ["WeightsOnlyCheckpointHook", "plain"]
+
+_DROP = object()
+
+
+def plain(value):
+    """value with numpy turned into Python types; _DROP for anything torch's weights_only loader refuses."""
+    if isinstance(value, (np.generic, np.ndarray)):  # before the Python types: np.float64 is a float
+        return value.tolist()
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [plain(v) for v in value]
+        return _DROP if any(v is _DROP for v in items) else type(value)(items)
+    if isinstance(value, dict):
+        return {k: v for k, v in ((k, plain(v)) for k, v in value.items()) if v is not _DROP}
+    return _DROP
+
+
+@HOOKS.register_module()
+class WeightsOnlyCheckpointHook(Hook):
+    """Makes every checkpoint the runner saves loadable with torch.load(weights_only=True)."""
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint.get("message_hub")
+        if hub is None:
+            return
+        runtime = plain(hub.get("runtime_info", {}))
+        dropped = sorted(set(hub.get("runtime_info", {})) - set(runtime))
+        if dropped:
+            print_log(f"checkpoint: runtime info {dropped} is not plain data, not saved", logger="current", level=30)
+        checkpoint["message_hub"] = dict(log_scalars={}, runtime_info=runtime,
+                                         resumed_keys={k: v for k, v in hub.get("resumed_keys", {}).items()
+                                                       if k in runtime})
