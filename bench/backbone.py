@@ -1,12 +1,12 @@
 """Backbone speed and memory, side by side against references measured in the same run.
 
-1. TrV vs timm's Eva, same variant and weights, 224 px, batch 8 (inference): time ratio.
+1. TrV vs timm's Eva, same variant, 224 px, batch 8 (inference): time ratio and peak memory.
 2. EVA-02-B at 1024x1024, patch 16, window 16, 4 global blocks (the detection setting): achieved GFLOP/s
    (fvcore's count, one multiply-add = 1) as a fraction of a plain fp32 matmul's GFLOP/s in the same
    convention, measured on the shape of the model's largest matmul; plus peak memory.
 
-Each case runs in its own subprocess so that its peak memory (CUDA allocator peak, or the process's max
-RSS on CPU) is its own. Usage: python bench/backbone.py [--variant eva02_B] [--iters 5] [--device cpu|cuda]
+The 224 pair is timed in alternation in one process (machine drift hits both alike); every peak memory
+(CUDA allocator peak, or the process's max RSS on CPU) is measured in a subprocess of its own. Usage: python bench/backbone.py [--variant eva02_B] [--iters 5] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ import sys
 import time
 
 import torch
+
+from eva02.backbone import create_trv
+from eva02.backbone.flops import count_flops
 
 
 def timed(fn, iters: int, device: str) -> float:
@@ -41,48 +44,60 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run_case(case: str, args) -> dict:
-    from eva02.backbone import create_trv, load_checkpoint
-    from eva02.backbone.flops import count_flops
-
-    device, dtype = args.device, torch.float32
-    torch.manual_seed(0)
-    if case in ("trv224", "timm224"):
+def build_224(kind: str, variant: str, device: str):
+    """(model, forward) for TrV or timm's Eva of the same variant, 224 px, batch 8."""
+    x = torch.randn(8, 3, 224, 224, device=device)
+    if kind == "timm":
         import timm
 
         timm_names = {"eva02_Ti": "eva02_tiny_patch14_224", "eva02_S": "eva02_small_patch14_224",
                       "eva02_B": "eva02_base_patch14_224", "eva02_L": "eva02_large_patch14_224"}
-        model = timm.create_model(timm_names[args.variant], pretrained=False).eval()
-        x = torch.randn(8, 3, 224, 224, device=device)
-        if case == "timm224":
-            model = model.to(device)
-            fn = lambda: model.forward_features(x)  # noqa: E731
-        else:  # the same weights in our TrV; the timm model is freed before timing
-            weights, model = model.state_dict(), create_trv(args.variant, with_cls_token=True).eval()
-            load_checkpoint(model, weights)
-            del weights
-            model = model.to(device)
-            fn = lambda: model.forward_tokens(x)  # noqa: E731
-        with torch.inference_mode():
-            sec = timed(fn, args.iters, device)
-        return {"sec": sec, "peak_mb": peak_memory_mb(device)}
+        model = timm.create_model(timm_names[variant], pretrained=False).eval().to(device)
+        return model, lambda: model.forward_features(x)
+    # the same architecture (outputs equal timm's for equal weights: tests/backbone)
+    model = create_trv(variant, with_cls_token=True).eval().to(device)
+    return model, lambda: model.forward_tokens(x)
 
-    if case == "det1024":
-        model = create_trv("eva02_B", patch_size=16, window_size=16, global_blocks=(2, 5, 8, 11), rope_grid=64).eval()
-        x = torch.randn(1, 3, 1024, 1024)
-        flops = count_flops(model, x)
-        model, x = model.to(device), x.to(device)
-        with torch.inference_mode():
+
+def detection_model():
+    """EVA-02-B as the COCO bsl detector runs it (Table 28): 1024 px, window 16, 4 global blocks."""
+    return create_trv("eva02_B", patch_size=16, window_size=16, global_blocks=(2, 5, 8, 11), rope_grid=64).eval()
+
+
+def run_case(case: str, args) -> dict:
+    """One model alone in this process: its peak memory for one forward (and the detection model's timing)."""
+    device = args.device
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        if case in ("trv", "timm"):
+            _, forward = build_224(case, args.variant, device)
+            forward()
+            return {"peak_mb": peak_memory_mb(device)}
+        if case == "det1024":
+            model = detection_model()
+            x = torch.randn(1, 3, 1024, 1024)
+            flops = count_flops(model, x)
+            model, x = model.to(device), x.to(device)
             sec = timed(lambda: model(x), args.iters, device)
-        return {"sec": sec, "flops": flops, "peak_mb": peak_memory_mb(device)}
-
-    if case == "matmul":
-        # The model's largest matmul at 1024 px: 64 * 64 tokens through the SwiGLU w1/w2 (768 -> 2048).
-        a = torch.randn(4096, 768, device=device, dtype=dtype)
-        b = torch.randn(768, 2048, device=device, dtype=dtype)
-        sec = timed(lambda: a @ b, max(args.iters, 20), device)
-        return {"sec": sec, "flops": 4096 * 768 * 2048}
+            return {"sec": sec, "flops": flops, "peak_mb": peak_memory_mb(device)}
+        if case == "matmul":
+            # The model's largest matmul at 1024 px: 64 * 64 tokens through the SwiGLU w1 / w2 (768 -> 2048).
+            a = torch.randn(4096, 768, device=device)
+            b = torch.randn(768, 2048, device=device)
+            return {"sec": timed(lambda: a @ b, max(args.iters, 20), device), "flops": 4096 * 768 * 2048}
     raise ValueError(case)
+
+
+def interleaved_times(forwards: dict, iters: int, device: str) -> dict:
+    """Median seconds per call of each function, timed in alternation so machine drift hits all alike."""
+    times = {k: [] for k in forwards}
+    with torch.inference_mode():
+        for f in forwards.values():
+            f()
+        for _ in range(iters):
+            for k, f in forwards.items():
+                times[k].append(timed(f, 1, device))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def main():
@@ -102,15 +117,19 @@ def main():
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    trv, ref = child("trv224"), child("timm224")
-    print(f"\n{args.variant}, 224 px, batch 8, inference")
-    print(f"  {'':12s}{'s/batch':>10s}{'img/s':>9s}{'peak MB':>10s}")
-    for name, r in (("eva02 TrV", trv), ("timm Eva", ref)):
-        print(f"  {name:12s}{r['sec']:10.3f}{8 / r['sec']:9.1f}{r['peak_mb']:10.0f}")
-    print(f"  time ratio TrV / timm: {trv['sec'] / ref['sec']:.3f} (below 1: faster than timm)")
-
+    # Subprocesses first: a child inherits its parent's max RSS across exec, so the parent stays small until then.
+    mem = {k: child(k)["peak_mb"] for k in ("trv", "timm")}
     det, mm = child("det1024"), child("matmul")
+    models = {k: build_224(k, args.variant, args.device) for k in ("trv", "timm")}
+    secs = interleaved_times({k: fwd for k, (_, fwd) in models.items()}, args.iters, args.device)
+
+    print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"\n{args.variant}, 224 px, batch 8, inference (timed interleaved; peak memory each in its own process)")
+    print(f"  {'':12s}{'s/batch':>10s}{'img/s':>9s}{'peak MB':>10s}")
+    for name, k in (("eva02 TrV", "trv"), ("timm Eva", "timm")):
+        print(f"  {name:12s}{secs[k]:10.3f}{8 / secs[k]:9.1f}{mem[k]:10.0f}")
+    print(f"  time ratio TrV / timm: {secs['trv'] / secs['timm']:.3f} (below 1: faster than timm)")
+
     det_rate, mm_rate = det["flops"] / det["sec"] / 1e9, mm["flops"] / mm["sec"] / 1e9
     print("\neva02_B, 1024x1024, patch 16, window 16, global blocks (2, 5, 8, 11), batch 1, inference")
     print(f"  model: {det['flops'] / 1e9:.1f} GFLOPs in {det['sec']:.3f} s = {det_rate:.1f} GFLOP/s, "

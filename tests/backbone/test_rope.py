@@ -65,3 +65,20 @@ def test_rotation_of_pairs():
     torch.testing.assert_close(y[:, 1:, 0::2], x1 * c - x2 * s)
     torch.testing.assert_close(y[:, 1:, 1::2], x2 * c + x1 * s)
     assert math.isclose(table.cos[4, 0].item(), math.cos(1.0), rel_tol=1e-6)  # cell (1, 1): row position 1
+
+
+def test_complex_and_real_paths_agree_and_trace():
+    """The eager complex multiply equals the cos / sin form used under tracing and export."""
+    from eva02.backbone.rope import rotate_half
+
+    table = rope_table(64, (5, 7), 0.5)
+    x = torch.randn(2, 3, 35, 64)
+    real = x * table.cos + rotate_half(x) * table.sin
+    torch.testing.assert_close(apply_rope(x, table), real)
+    odd = torch.randn(2, 3, 36, 65)[..., 1:, 1:]  # odd storage offset and strides
+    torch.testing.assert_close(apply_rope(odd, table), odd * table.cos + rotate_half(odd) * table.sin)
+    model = create_trv("eva02_B", depth=2, embed_dim=64, num_heads=1, mlp_hidden=170, patch_size=16,
+                       window_size=4, global_blocks=(1,)).eval()
+    img = torch.randn(1, 3, 96, 80)
+    traced = torch.jit.trace(model, img)
+    torch.testing.assert_close(traced(img), model(img))
