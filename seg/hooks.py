@@ -1,4 +1,4 @@
-"""Checkpoints that load with torch's weights_only=True (the default since torch 2.6).
+"""Checkpoints that load with torch's weights_only=True (the default since torch 2.6), written atomically.
 
 mmengine stores its MessageHub in every checkpoint: smoothed-log HistoryBuffers (pickled with bound methods
 through `getattr`) and numpy scalars. torch refuses to unpickle those by default, so `--resume`, `load_from`
@@ -8,13 +8,33 @@ running averages of the logged losses, nothing else). Model, optimizer, schedule
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-__all__ = ["WeightsOnlyCheckpointHook", "plain"]
+from eva02.backbone.checkpoint import atomic_write
+
+__all__ = ["AtomicLocalBackend", "WeightsOnlyCheckpointHook", "plain"]
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, but every write goes to a temporary file renamed into place: a crash
+    while the runner saves `iter_N.pth` (or `last_checkpoint`) never leaves a torn file behind."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        atomic_write(filepath, lambda tmp: Path(tmp).write_bytes(obj))
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        atomic_write(filepath, lambda tmp: Path(tmp).write_text(obj, encoding=encoding))
+
+
+# Replaces mmengine's registration of plain local paths (prefix ''), the backend the runner saves through.
+register_backend("local", AtomicLocalBackend, force=True, prefixes="")
 
 _DROP = object()
 
