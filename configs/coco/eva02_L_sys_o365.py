@@ -22,6 +22,7 @@ lr_multiplier = constant_schedule(max_iter=40000, warmup_iters=1000)  # Table 32
 train.model_ema.update(enabled=True, decay=0.9999, use_for_eval=True)  # Table 32: EMA 0.9999
 for _predictor in model.roi_heads.box_predictors:
     _predictor.update(test_score_thresh=0.0, test_nms_thresh=0.6, test_topk_per_image=100)  # Table 32
-# Table 32: linear soft-NMS (IoU 0.6 above), maskness 0.5
+# Table 32: linear soft-NMS (IoU 0.6 above), maskness 0.5 for mask AP. Maskness rescores the one
+# score field, so box AP as published comes from a run with model.roi_heads.maskness_thresh=None (README).
 model.roi_heads.update(nms_method="soft_linear", maskness_thresh=0.5)
 train.amp.update(enabled=True, precision="float16")  # Table 32: fp16

@@ -21,6 +21,7 @@ lr_multiplier = step_schedule(max_iter=40000, milestones=(32000, 36000), warmup_
 for _predictor in model.roi_heads.box_predictors:
     _predictor.update(test_score_thresh=0.02, test_nms_thresh=0.6, test_topk_per_image=300)  # Table 31
 dataloader.evaluator.max_dets_per_image = 300  # Table 31: 300 dets
-# Table 31: linear soft-NMS (IoU 0.6 above), maskness 0.5
+# Table 31: linear soft-NMS (IoU 0.6 above), maskness 0.5 for mask AP. Maskness rescores the one
+# score field, so box AP as published comes from a run with model.roi_heads.maskness_thresh=None (README).
 model.roi_heads.update(nms_method="soft_linear", maskness_thresh=0.5)
 train.amp.update(enabled=True, precision="float16")  # Table 31: fp16

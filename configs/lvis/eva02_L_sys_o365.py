@@ -22,6 +22,7 @@ train.model_ema.update(enabled=True, decay=0.9999, use_for_eval=True)  # Table 3
 for _predictor in model.roi_heads.box_predictors:
     _predictor.update(test_score_thresh=0.02, test_nms_thresh=0.6, test_topk_per_image=1000)  # Table 33
 dataloader.evaluator.max_dets_per_image = 1000  # Table 33: 1000 dets
-# Table 33: linear soft-NMS (IoU 0.6 above), maskness 0.5
+# Table 33: linear soft-NMS (IoU 0.6 above), maskness 0.5 for mask AP. Maskness rescores the one
+# score field, so box AP as published comes from a run with model.roi_heads.maskness_thresh=None (README).
 model.roi_heads.update(nms_method="soft_linear", maskness_thresh=0.5)
 train.amp.update(enabled=True, precision="float16")  # Table 33: fp16
