@@ -12,6 +12,7 @@ the actual grid on every forward, never stored, so any H, W divisible by the pat
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,7 +24,7 @@ from torch import nn
 
 from .rope import RopeTable, apply_rope, rope_table
 
-__all__ = ["TrV", "TrVConfig", "PRESETS", "create_trv", "ATTN_IMPLS", "xformers_available"]
+__all__ = ["TrV", "TrVConfig", "PRESETS", "create_trv", "preset_config", "ATTN_IMPLS", "xformers_available"]
 
 ATTN_IMPLS = ("sdpa", "math", "xformers")
 
@@ -362,14 +363,19 @@ class TrV(nn.Module):
         return x
 
 
+def preset_config(name: str, **arch_overrides) -> TrVConfig:
+    """The TrVConfig of a preset ("eva02_Ti", "eva02_S", "eva02_B", "eva02_L") with architecture fields
+    (embed_dim, depth, num_heads, mlp_hidden, sub_ln) replaced; None values keep the preset's."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown TrV preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in arch_overrides.items() if v is not None})
+
+
 def create_trv(name: str, **overrides) -> TrV:
     """Build a preset ("eva02_Ti", "eva02_S", "eva02_B", "eva02_L") with TrV keyword overrides.
 
     Architecture fields of the preset (embed_dim, depth, num_heads, mlp_hidden, sub_ln) can be overridden
     too, e.g. create_trv("eva02_B", depth=2, embed_dim=64, num_heads=2, mlp_hidden=170) for tests.
     """
-    if name not in PRESETS:
-        raise KeyError(f"unknown TrV preset {name!r}; choose from {sorted(PRESETS)}")
     arch = {k: overrides.pop(k) for k in list(overrides) if k in TrVConfig.__dataclass_fields__}
-    cfg = TrVConfig(**{**PRESETS[name].__dict__, **arch})
-    return TrV(cfg, **overrides)
+    return TrV(preset_config(name, **arch), **overrides)

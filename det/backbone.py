@@ -7,14 +7,13 @@ forward, so no square padding is needed by the backbone itself.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
-from eva02.backbone import PRESETS, TrV
+from eva02.backbone import TrV, preset_config
 
 __all__ = ["TrVBackbone"]
 
@@ -50,10 +49,8 @@ class TrVBackbone(TrV, Backbone):
         attn_impl: str = "sdpa",
         out_feature: str = "last_feat",
     ):
-        if arch not in PRESETS:
-            raise KeyError(f"TrVBackbone: unknown arch {arch!r}; choose from {sorted(PRESETS)}")
-        arch_fields = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=mlp_hidden, sub_ln=sub_ln)
-        cfg = dataclasses.replace(PRESETS[arch], **{k: v for k, v in arch_fields.items() if v is not None})
+        cfg = preset_config(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=mlp_hidden,
+                            sub_ln=sub_ln)
         super().__init__(
             cfg, patch_size=patch_size, img_size=img_size, window_size=window_size,
             global_blocks=tuple(global_blocks), rope_grid=rope_grid, attn_impl=attn_impl,

@@ -15,7 +15,7 @@ from mmengine.logging import print_log
 from mmseg.models.necks import Feature2Pyramid
 from mmseg.registry import MODELS
 
-from eva02.backbone import PRESETS, TrV, TrVConfig, load_checkpoint
+from eva02.backbone import TrV, load_checkpoint, preset_config
 
 __all__ = ["EVA02"]
 
@@ -57,14 +57,12 @@ class EVA02(TrV):
         init_cfg: dict | None = None,
         **trv_kwargs,
     ):
-        if arch not in PRESETS:
-            raise KeyError(f"EVA02 backbone: unknown arch {arch!r}; choose from {sorted(PRESETS)}")
         if len(out_indices) != len(rescales):
             raise ValueError(f"EVA02 backbone: {len(out_indices)} out_indices but {len(rescales)} rescales")
         if init_cfg is not None:
             raise ValueError("EVA02 backbone: pass the checkpoint as `pretrained=PATH` (loaded through "
                              "eva02.backbone.load_checkpoint), not init_cfg")
-        cfg = TrVConfig(**{**PRESETS[arch].__dict__, **(arch_overrides or {})})
+        cfg = preset_config(arch, **(arch_overrides or {}))
         # The TrV returns each block once; the pyramid may take one block twice (shallow test backbones).
         super().__init__(cfg, patch_size=patch_size, img_size=img_size, out_indices=sorted(set(out_indices)),
                          **trv_kwargs)
