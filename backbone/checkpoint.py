@@ -49,18 +49,20 @@ _TIMM = [
 @dataclass
 class LoadReport:
     """What load_checkpoint did: keys loaded (after conversion), missing model keys, unexpected keys
-    (backbone-looking keys the model does not have), skipped keys (derived RoPE buffers, detector heads,
-    pre-training heads), and the conversions applied."""
+    (backbone-looking keys the model does not have), skipped keys (outside the backbone: detector or segmentor
+    heads, pre-training heads, and the cls / mask tokens of a model without them), derived keys (RoPE buffers,
+    recomputed for the actual grid), and the conversions applied."""
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    derived: list[str] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors; missing {len(self.missing)}, unexpected "
-                 f"{len(self.unexpected)}, skipped {len(self.skipped)}"]
+                 f"{len(self.unexpected)}, skipped {len(self.skipped)}, derived (RoPE) {len(self.derived)}"]
         lines += [f"  converted: {c}" for c in self.converted]
         if self.missing:
             lines.append(f"  missing: {', '.join(self.missing)}")
@@ -140,7 +142,7 @@ def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, t
             continue
         k = k[len(prefix):]
         if _DERIVED.search(k):
-            report.skipped.append(k)
+            report.derived.append(k)
             continue
         for old, new in _TIMM:
             if old in k:
@@ -208,16 +210,18 @@ def load_checkpoint(
     use_ema: bool = False,
     patch_resize: str = "bicubic",
     weights_only: bool = True,
+    source: str | None = None,
 ) -> LoadReport:
     """Load any EVA-02 checkpoint layout into `model`; returns a LoadReport.
 
     Args:
         checkpoint: a file path (.pt, .pth, .safetensors) or an already loaded dict.
+        source: the name errors give a dict `checkpoint` (e.g. the file it was read from).
         use_ema: take the weights from the checkpoint's `ema_state` (O365-initialized detectors).
         patch_resize: "bicubic" (official) or "pinv" when the patch size differs (14 -> 16).
         weights_only: refuse pickled objects (see read_state_dict).
     """
-    source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
+    source = source or (os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>")
     obj = read_state_dict(checkpoint, weights_only) if not isinstance(checkpoint, dict) else checkpoint
     report = LoadReport()
     sd = to_trv_names(unwrap_state_dict(obj, use_ema, source, report), report)
@@ -225,7 +229,9 @@ def load_checkpoint(
     to_load = {}
     for k, v in sd.items():
         if k not in own:
-            (report.unexpected if _OWN.match(k) else report.skipped).append(k)
+            # cls / mask tokens belong to pre-training; a model built without them has no use for them
+            own_kind = _OWN.match(k) and k not in ("cls_token", "mask_token")
+            (report.unexpected if own_kind else report.skipped).append(k)
             continue
         target = own[k].shape
         if k == "patch_embed.proj.weight" and v.shape != target and v.shape[:2] == target[:2]:

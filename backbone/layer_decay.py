@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["layer_id", "lr_scale", "is_no_decay", "param_groups"]
+__all__ = ["layer_id", "lr_scale", "no_decay_rule", "SEG_NO_DECAY", "MIM_NO_DECAY", "param_groups"]
 
 _EMBED = re.compile(r"(^|\.)(patch_embed|pos_embed|cls_token|mask_token)(\.|$)")
 _BLOCK = re.compile(r"(^|\.)blocks\.(\d+)\.")
@@ -32,13 +32,24 @@ def lr_scale(name: str, depth: int, rate: float) -> float:
     return rate ** (depth + 1 - layer_id(name, depth))
 
 
-def is_no_decay(name: str, param: torch.Tensor) -> bool:
-    """The segmentation rule: no weight decay for 1-D parameters, biases, position embedding and tokens.
+def no_decay_rule(names: Iterable[str] = ()) -> Callable[[str, torch.Tensor], bool]:
+    """A weight-decay exemption: 1-D parameters and biases always, plus parameters whose name ends in one of
+    `names` (matched on the last component, so wrapper prefixes do not matter).
 
-    Matched on the name's last component, so a `backbone.` prefix does not switch the exemption off (the
-    official mmseg constructor compared full names with 'pos_embed' and missed it)."""
-    last = name.rsplit(".", 1)[-1]
-    return param.ndim <= 1 or last == "bias" or last in ("pos_embed", "cls_token", "mask_token", "q_bias", "v_bias")
+    The official runs differ per task (reference §7): segmentation exempts only 1-D parameters and biases (its
+    constructor compared `backbone.`-prefixed names with 'pos_embed' / 'cls_token', so those WERE decayed in
+    the published runs); MIM pre-training also exempts pos_embed and cls_token (the mask token is decayed)."""
+    names = frozenset(names)
+
+    def no_decay(name: str, param: torch.Tensor) -> bool:
+        last = name.rsplit(".", 1)[-1]
+        return param.ndim <= 1 or last == "bias" or last in names
+
+    return no_decay
+
+
+SEG_NO_DECAY = no_decay_rule()
+MIM_NO_DECAY = no_decay_rule(("pos_embed", "cls_token"))
 
 
 def param_groups(

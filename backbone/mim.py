@@ -30,7 +30,7 @@ from torch import nn
 
 from .checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, resize_pos_embed,
                          save_atomic, to_official, to_trv_names, unwrap_state_dict)
-from .layer_decay import is_no_decay, param_groups
+from .layer_decay import MIM_NO_DECAY, param_groups
 from .masking import DEFAULT_MASK_RATIO, BlockMaskGenerator
 from .trv import TrV, TrVConfig, create_trv
 
@@ -221,10 +221,9 @@ class TrVTeacher(FrozenTeacher):
         sd = to_trv_names(flat, LoadReport())
         encoder = trv_from_state_dict(sd, num_heads, source)
         report = load_checkpoint(encoder, sd)
-        unexpected = [k for k in report.unexpected if k != "mask_token"]
-        if report.missing or unexpected:
+        if report.missing or report.unexpected:
             raise ValueError(f"teacher checkpoint {source} does not fit a TrV: missing {report.missing[:6]}, "
-                             f"unexpected {unexpected[:6]}")
+                             f"unexpected {report.unexpected[:6]}")
         norm, head = nn.Identity(), nn.Identity()
         if "norm.weight" in sd:
             norm = nn.LayerNorm(encoder.embed_dim, eps=1e-6)
@@ -549,7 +548,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     ).to(device)
     groups = param_groups(student.named_parameters(), base_lr,
                           recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
-                          student.encoder.cfg.depth, 1.0, no_decay=is_no_decay)
+                          student.encoder.cfg.depth, 1.0, no_decay=MIM_NO_DECAY)
     optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=recipe.betas, eps=recipe.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 

@@ -9,13 +9,17 @@ Architecture (EVA-02 paper, Table 5 and Appendix A.1):
 Dense prediction (ViTDet style): blocks listed in `global_blocks` attend over the whole grid, the others
 inside `window_size` windows (zero-padded bottom/right, no mask, as ViTDet). RoPE tables are computed for
 the actual grid on every forward, never stored, so any H, W divisible by the patch size works.
+
+With `with_cls_token=True` (segmentation, pre-training) a cls token, with its own position-embedding slot and
+no RoPE, goes first through every block (global attention only), as in the official seg and MIM models;
+forward() still returns maps of the patch tokens. Detection (ViTDet) has no cls token.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +210,9 @@ class TrV(nn.Module):
         drop_path_rate: stochastic depth, increasing linearly over the blocks to this value.
         use_checkpoint: activation checkpointing of every block while training.
         out_indices: blocks whose outputs forward() returns, as a list of maps; None returns the last block's.
-        with_cls_token / with_mask_token: learnable tokens for pre-training (see forward_tokens).
+        with_cls_token: a cls token runs through every block beside the patch tokens (official segmentation
+            and pre-training); needs global attention in every block.
+        with_mask_token: a learnable token replacing masked patches in pre-training (see forward_tokens).
         rope_pt_grid: the pre-training grid that RoPE positions are scaled to (224 / 14 = 16).
     """
 
@@ -232,6 +238,8 @@ class TrV(nn.Module):
         bad = [i for i in list(global_blocks) + list(out_indices or []) if not 0 <= i < cfg.depth]
         if bad:
             raise ValueError(f"block indexes {bad} out of range for depth {cfg.depth}")
+        if with_cls_token and window_size > 0 and len(set(global_blocks)) < cfg.depth:
+            raise ValueError("with_cls_token=True needs global attention in every block (window_size=0)")
         self.cfg = cfg
         self.embed_dim = cfg.embed_dim
         self.patch_size = patch_size
@@ -250,7 +258,7 @@ class TrV(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if with_cls_token else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if with_mask_token else None
 
-        dpr = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, cfg.depth, device="cpu").tolist()  # also under a meta device
         self.blocks = nn.ModuleList(
             Block(cfg, dpr[i], 0 if i in self.global_blocks else window_size, attn_impl) for i in range(cfg.depth)
         )
@@ -322,6 +330,8 @@ class TrV(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """(B, 3, H, W) -> last block's map (B, C, H/p, W/p), or a list of maps for out_indices."""
+        if self.cls_token is not None:
+            return self._forward_with_cls(x)
         x = self.patchify(x)
         hw = tuple(x.shape[1:3])
         x = x + self.abs_pos(hw)
@@ -335,10 +345,28 @@ class TrV(nn.Module):
             return outs
         return x.permute(0, 3, 1, 2).contiguous()
 
-    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Pre-training path, global attention only: (B, 3, H, W) -> tokens (B, [1 +] N, C).
+    def _forward_with_cls(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """forward() with the cls token in every block; the maps hold the patch tokens only."""
+        H, W = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        wanted, outs = set(self.out_indices or ()), []
 
-        mask: (B, N) bool, True where the patch embedding is replaced by the mask token.
+        def collect(i: int, tokens: torch.Tensor) -> None:
+            if i in wanted:
+                outs.append(tokens)
+
+        last = self.forward_tokens(x, on_block=collect)
+
+        def to_map(tokens: torch.Tensor) -> torch.Tensor:  # (B, 1 + H W, C) -> (B, C, H, W), cls dropped
+            return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, H, W).contiguous()
+
+        return [to_map(t) for t in outs] if self.out_indices is not None else to_map(last)
+
+    def forward_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                       on_block: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """Token path, global attention only: (B, 3, H, W) -> tokens (B, [1 +] N, C) of the last block.
+
+        mask: (B, N) bool, True where the patch embedding is replaced by the mask token (pre-training).
+        on_block(i, tokens): called with the output of every block i.
         The cls token (if any) comes first, gets its own position slot and no RoPE.
         """
         if self.window_size > 0 and len(self.global_blocks) < self.cfg.depth:
@@ -358,8 +386,10 @@ class TrV(nn.Module):
             x = torch.cat((cls.expand(B, -1, -1), x), dim=1)
             num_prefix = 1
         _, glb = self.rope_tables((H, W), x.device)
-        for blk in self.blocks:
+        for i, blk in enumerate(self.blocks):
             x = self._run_block(blk, x, glb, num_prefix)
+            if on_block is not None:
+                on_block(i, x)
         return x
 
 

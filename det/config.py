@@ -6,7 +6,8 @@ from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamScheduler
 
-__all__ = ["set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations"]
+__all__ = ["set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations",
+           "sys_inference"]
 
 
 def lsj_augmentations(size: int, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
@@ -64,3 +65,14 @@ def set_head_width(model, channels: int, fc_dim: int) -> None:
     if "mask_head" in model.roi_heads:  # box-only models (Objects365) have none
         model.roi_heads.mask_head.input_shape.channels = channels
         model.roi_heads.mask_head.conv_dims = [channels] * len(model.roi_heads.mask_head.conv_dims)
+
+
+def sys_inference(model, score_thresh: float, topk_per_image: int, maskness_thresh: float | None = 0.5) -> None:
+    """The "sys" inference of Tables 30-33 as the official release evaluates it: cascade scores above
+    `score_thresh`, class-wise linear soft-NMS at IoU 0.6 (min score 1e-3), every survivor passed on to the
+    evaluator (no per-image cap: set model.roi_heads.soft_nms_topk=True for the standard protocol, which keeps
+    `topk_per_image`), then maskness rescoring with `maskness_thresh` (None: off)."""
+    for predictor in model.roi_heads.box_predictors:
+        predictor.update(test_score_thresh=score_thresh, test_nms_thresh=0.6, test_topk_per_image=topk_per_image)
+    model.roi_heads.update(nms_method="soft_linear", soft_nms_min_score=1e-3, soft_nms_topk=False,
+                           maskness_thresh=maskness_thresh)

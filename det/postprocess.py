@@ -38,7 +38,7 @@ def soft_nms(
     remaining boxes of that class by their IoU with it: linear ``s *= 1 - IoU`` where ``IoU >= iou_threshold``
     (mmcv's and the paper's comparison; ties have measure zero for real-valued boxes), Gaussian
     ``s *= exp(-IoU**2 / sigma)`` for every box. A box whose score falls below ``min_score`` is dropped; boxes
-    that start below it are dropped up front.
+    that start below it are dropped up front, except the best box overall, which mmcv selects first and keeps.
 
     Class-wise by padding: the boxes are laid out as a (classes, max boxes per class) grid and every step
     selects one box in *every* class at once. The number of sequential steps is then the size of the largest
@@ -60,7 +60,12 @@ def soft_nms(
         raise ValueError(f"soft_nms expects boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} and {tuple(scores.shape)}")
     if method == "gaussian" and sigma <= 0:
         raise ValueError(f"Gaussian soft-NMS needs sigma > 0, got {sigma}")
-    candidates = torch.nonzero(scores >= min_score).squeeze(1)
+    candidates = scores >= min_score
+    if scores.numel():
+        # mmcv (and so the official detector) always keeps its first selection, the best box overall, even
+        # below min_score; every other box below min_score is dropped by the first decay pass.
+        candidates[scores.argmax()] = True
+    candidates = torch.nonzero(candidates).squeeze(1)
     if labels is None:
         labels = torch.zeros_like(scores, dtype=torch.long)
     if candidates.numel() == 0:

@@ -17,8 +17,14 @@ class EVACascadeROIHeads(CascadeROIHeads):
     Training is the parent's. At inference the cascade scores are averaged over the stages and the boxes
     come from the last stage (as in the parent); candidates above the predictor's `test_score_thresh` then go
     through class-wise soft-NMS with IoU threshold `test_nms_thresh` (``nms_method="nms"`` keeps the parent's
-    hard NMS), the per-image top `test_topk_per_image` are kept (the official code forgot this step), masks
-    are predicted, and with `maskness_thresh` set every score is multiplied by the maskness of its mask.
+    hard NMS), masks are predicted, and with `maskness_thresh` set every score is multiplied by the maskness of
+    its mask.
+
+    After soft-NMS every survivor is returned, as the official "sys" evaluation does (hundreds per image): the
+    evaluator's own limits then apply (COCOeval keeps 100 per image *and category*, LVISEval the top
+    `max_dets_per_image` per image by final score), which is how the published numbers were made.
+    ``soft_nms_topk=True`` keeps only the predictor's `test_topk_per_image` best per image instead, the
+    standard protocol of plain NMS (which always caps, as in detectron2).
     """
 
     @configurable
@@ -28,18 +34,22 @@ class EVACascadeROIHeads(CascadeROIHeads):
         nms_method: str = "nms",
         soft_nms_sigma: float = 0.5,
         soft_nms_min_score: float = 1e-3,
+        soft_nms_topk: bool = False,
         maskness_thresh: float | None = None,
         **kwargs,
     ):
         """nms_method: "nms" | "soft_linear" | "soft_gaussian"; soft_nms_sigma: the Gaussian's sigma;
-        soft_nms_min_score: boxes decayed below it are dropped; maskness_thresh: mask probability above which
-        a pixel counts as foreground for maskness (None: no rescoring). Other arguments: `CascadeROIHeads`."""
+        soft_nms_min_score: boxes decayed below it are dropped; soft_nms_topk: cap the soft-NMS output at
+        `test_topk_per_image` per image (False: every survivor, official); maskness_thresh: mask probability
+        above which a pixel counts as foreground for maskness (None: no rescoring). Other arguments:
+        `CascadeROIHeads`."""
         if nms_method not in NMS_METHODS:
             raise ValueError(f"nms_method must be one of {sorted(NMS_METHODS)}, got {nms_method!r}")
         super().__init__(**kwargs)
         self.nms_method = nms_method
         self.soft_nms_sigma = soft_nms_sigma
         self.soft_nms_min_score = soft_nms_min_score
+        self.soft_nms_topk = soft_nms_topk
         self.maskness_thresh = maskness_thresh
 
     def _forward_box(self, features, proposals, targets=None):
@@ -87,7 +97,7 @@ class EVACascadeROIHeads(CascadeROIHeads):
             iou_threshold=predictor.test_nms_thresh,
             sigma=self.soft_nms_sigma,
             min_score=self.soft_nms_min_score,
-            topk=predictor.test_topk_per_image,
+            topk=predictor.test_topk_per_image if self.soft_nms_topk else None,
         )
         result = Instances(image_size)
         result.pred_boxes = Boxes(candidate_boxes[keep])

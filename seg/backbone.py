@@ -1,7 +1,8 @@
 """The TrV as an mmseg backbone: features of `out_indices` blocks turned into a 4-level pyramid.
 
-Official EVA-02 segmentation layout: the backbone returns the outputs of four blocks, rescaled x4 (deconv, BN,
-GELU, deconv), x2 (deconv), x1 (identity) and x0.5 (max-pool), all at the TrV width, so UperNet and Mask2Former
+Official EVA-02 segmentation layout (reference §7): a cls token (own position slot, no RoPE) runs through every
+block beside the patch tokens; the patch tokens of four blocks are rescaled x4 (deconv, BN, GELU, deconv), x2
+(deconv), x1 (identity) and x0.5 (max-pool), one level per block, all at the TrV width, so UperNet and Mask2Former
 see strides 4, 8, 16, 32 of the input. The class *is* a TrV (subclass), so its parameters sit under
 `backbone.blocks.N`, `backbone.patch_embed`, `backbone.pos_embed` in a segmentor: the names that
 `eva02.backbone.layer_id` and official mmseg checkpoints use. The pyramid lives under `backbone.pyramid`.
@@ -15,7 +16,9 @@ from mmengine.logging import print_log
 from mmseg.models.necks import Feature2Pyramid
 from mmseg.registry import MODELS
 
-from eva02.backbone import TrV, load_checkpoint, preset_config
+from eva02.backbone import TrV, preset_config
+
+from .checkpoint import load_backbone_weights
 
 __all__ = ["EVA02"]
 
@@ -36,7 +39,13 @@ class EVA02(TrV):
         rescales: pyramid scale factors, one per out index.
         norm_cfg: normalization inside the x4 branch (SyncBN officially; BN on CPU).
         window_size, global_blocks: 0 (default) = global attention in every block, as official.
-        pretrained: a checkpoint in any layout `eva02.backbone.load_checkpoint` reads; loaded by init_weights().
+        with_cls_token: keep the official cls token through all blocks (True, as every official seg model);
+            False drops it (not the official model).
+        pretrained: a checkpoint in any layout `eva02.backbone.load_checkpoint` reads, or a whole segmentor
+            checkpoint (ours or official, whose pyramid loads too); loaded by init_weights().
+        init_cfg: mmseg's convention `dict(type="Pretrained", checkpoint=PATH)`, the same as pretrained=PATH.
+        strict_pretrained: a pretrained TrV weight left unloaded (or a checkpoint TrV key the model lacks) is an
+            error; False only logs it.
         use_checkpoint: activation checkpointing of every block.
         Other keyword arguments (drop_path_rate, attn_impl, rope_grid, ...) go to TrV.
 
@@ -53,31 +62,34 @@ class EVA02(TrV):
         out_indices: Sequence[int] = (3, 5, 7, 11),
         rescales: Sequence[float] = (4, 2, 1, 0.5),
         norm_cfg: dict | None = None,
+        with_cls_token: bool = True,
         pretrained: str | None = None,
         init_cfg: dict | None = None,
+        strict_pretrained: bool = True,
         **trv_kwargs,
     ):
         if len(out_indices) != len(rescales):
             raise ValueError(f"EVA02 backbone: {len(out_indices)} out_indices but {len(rescales)} rescales")
         if init_cfg is not None:
-            raise ValueError("EVA02 backbone: pass the checkpoint as `pretrained=PATH` (loaded through "
-                             "eva02.backbone.load_checkpoint), not init_cfg")
+            if init_cfg.get("type") != "Pretrained" or "checkpoint" not in init_cfg or pretrained:
+                raise ValueError(f"EVA02 backbone: init_cfg must be dict(type='Pretrained', checkpoint=PATH) "
+                                 f"(or pass pretrained=PATH instead, not both), got {init_cfg}")
+            pretrained = init_cfg["checkpoint"]
         cfg = preset_config(arch, **(arch_overrides or {}))
         # The TrV returns each block once; the pyramid may take one block twice (shallow test backbones).
         super().__init__(cfg, patch_size=patch_size, img_size=img_size, out_indices=sorted(set(out_indices)),
-                         **trv_kwargs)
+                         with_cls_token=with_cls_token, **trv_kwargs)
         self.pyramid_indices = tuple(out_indices)
         norm_cfg = norm_cfg or dict(type="SyncBN", requires_grad=True)
         self.pyramid = Feature2Pyramid(cfg.embed_dim, list(rescales), norm_cfg)
         self.pretrained = pretrained
+        self.strict_pretrained = strict_pretrained
 
     def init_weights(self) -> None:
         """Official TrV init, then the pretrained weights if any (mmengine's runner calls this once)."""
         super().init_weights()
         if getattr(self, "pretrained", None):
-            report = load_checkpoint(self, self.pretrained)
-            # The pyramid is new in every backbone-only checkpoint; anything else missing deserves a look.
-            report.missing = [k for k in report.missing if not k.startswith("pyramid.")]
+            report = load_backbone_weights(self, self.pretrained, strict=self.strict_pretrained)
             print_log(f"EVA02 backbone: weights from {self.pretrained}\n{report}", logger="current")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -3,6 +3,8 @@
     python tools/train_seg.py CONFIG [--work-dir D] [--resume] [--amp] [--cfg-options k=v ...] [--launcher pytorch]
 
 --resume continues from the latest checkpoint in the work dir (model, optimizer, scheduler, iteration).
+--amp turns fp16 AMP on for a config without it; the paper configs have it on already (on a GPU; a CPU-only
+machine trains them in fp32 and says so).
 Multi-process: torchrun --nproc_per_node N tools/train_seg.py CONFIG --launcher pytorch (gloo on CPU, nccl on GPU).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import eva02.seg  # noqa: F401  (registers the EVA-02 modules, CPUDistributedDataParallel included)
+from eva02.seg import fp32_without_gpu  # importing eva02.seg registers the EVA-02 modules
 
 
 def parse_args(argv=None):
@@ -52,6 +54,8 @@ def build_config(args) -> Config:
             sys.exit("--amp needs a GPU (mmengine's AmpOptimWrapper runs on CUDA/NPU/MLU only)")
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
+    elif fp32_without_gpu(cfg):
+        print("train_seg: no GPU, so the config's fp16 AMP (AmpOptimWrapper) is off: training in fp32")
     cfg.resume = args.resume
     return cfg
 

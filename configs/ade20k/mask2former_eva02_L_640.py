@@ -20,8 +20,7 @@ model = dict(
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations", reduce_zero_label=True),  # ADE label 0 = other
-    dict(type="RandomChoiceResize", scales=[int(640 * r / 10) for r in range(5, 21)],
-         resize_type="ResizeShortestEdge", max_size=2560),
+    dict(type="RandomResize", scale=(4 * crop_size[0], crop_size[0]), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
     dict(type="RandomFlip", prob=0.5),
     dict(type="PhotoMetricDistortion"),
@@ -56,10 +55,11 @@ optim_wrapper = dict(
     paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.9),  # Table 36
 )
 max_iters = 20000  # Table 36
-warmup_iters = 1500  # official EVA seg recipe; not in the paper
-param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),  # Table 36
+warmup_iters = 500  # EVA-01's released 20k ADE20K Mask2Former fine-tune; not in the paper
+param_scheduler = [  # Table 36: poly (power 1) over the whole run, the warmup a multiplier on top
+    # end + 1: mmengine's schedulers reach their final value one step before `end`
+    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters + 1),
+    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=max_iters + 1),
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=2000)
 default_hooks = dict(checkpoint=dict(interval=2000))

@@ -26,8 +26,9 @@ optim_wrapper = dict(
 )
 max_iters = 80000  # Table 34
 warmup_iters = 1500  # official EVA-02 seg recipe; not in the paper
-param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters),
-    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),  # Table 34
+param_scheduler = [  # Table 34: poly over the whole run, warmup as a multiplier (see upernet_eva02_B_512.py)
+    # end + 1: mmengine's schedulers reach their final value one step before `end`
+    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup_iters + 1),
+    dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=max_iters + 1),
 ]
 train_cfg = dict(max_iters=max_iters)

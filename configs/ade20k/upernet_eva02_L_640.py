@@ -1,5 +1,6 @@
 # EVA-02-L + UperNet on ADE20K, 640 crops ("L+" in paper Table 34; published 60.1 mIoU single-scale).
-# Same recipe as upernet_eva02_L_512.py with 640 crops, a 1536-wide head and 426-pixel slide stride.
+# Same recipe as upernet_eva02_L_512.py with 640 crops, 1536-wide decode and auxiliary heads (official
+# upernetpro_eva02_large_24_640_slide_80k.py) and a 426-pixel slide stride.
 _base_ = ["./upernet_eva02_L_512.py"]
 
 crop_size = (640, 640)  # Table 34 (L+)
@@ -8,6 +9,7 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(img_size=crop_size[0]),
     decode_head=dict(channels=1536),  # Table 34 (L+): head dim 1536
+    auxiliary_head=dict(channels=1536),  # official L+ config: the auxiliary FCN head is 1536 wide too
     test_cfg=dict(mode="slide", crop_size=crop_size, stride=(426, 426)),  # slide stride 426 for 640 (official)
 )
 
@@ -35,8 +37,8 @@ tta_pipeline = [
     dict(
         type="TestTimeAug",
         transforms=[
-            [dict(type="Resize", scale=(int(2560 * r), int(640 * r)), keep_ratio=True)
-             for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],  # official ms ratios at the 640 test scale
+            [dict(type="ShortSideResize", scale=(int(2560 * r), int(640 * r)), min_short_side=crop_size[0])
+             for r in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)],  # official ms ratios and resize rule at 640
             [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
              dict(type="RandomFlip", prob=1.0, direction="horizontal")],
             [dict(type="LoadAnnotations")],

@@ -45,6 +45,7 @@ model.roi_heads.update(
     nms_method="nms",
     soft_nms_sigma=0.5,
     soft_nms_min_score=1e-3,
+    soft_nms_topk=False,  # soft-NMS: every survivor reaches the evaluator (official); True caps per image
     maskness_thresh=None,
 )
 for _predictor in model.roi_heads.box_predictors:
@@ -76,6 +77,8 @@ train.update(
     init_weights_only=True,  # False unpickles arbitrary objects: only for checkpoint files you trust
     max_iter=60000,
     amp=dict(enabled=True, precision="float16"),  # "float16" | "bfloat16"
+    # With EMA, evaluation during training scores both the raw and the EMA weights (official); use_for_eval
+    # picks the EMA weights for --eval-only (official `use_ema_weights_for_eval_only`).
     model_ema=dict(enabled=False, decay=0.9999, use_for_eval=True),
     eval_period=5000,
     log_period=20,
@@ -84,3 +87,4 @@ train.update(
     seed=-1,
 )
 train.checkpointer.update(period=5000, max_to_keep=3)
+train.ddp.update(fp16_compression=True)  # official: DDP gradients all-reduced in fp16 (GPU only, see engine)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from eva02.backbone import create_trv, is_no_decay, layer_id, lr_scale, param_groups
+from eva02.backbone import MIM_NO_DECAY, SEG_NO_DECAY, create_trv, layer_id, lr_scale, no_decay_rule, param_groups
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -21,11 +21,17 @@ def test_lr_scale_formula():
     assert lr_scale("roi_heads.mask_head.predictor.weight", 24, 0.8) == 1.0
 
 
-def test_no_decay_rule_with_prefix():
-    p1, p2 = torch.zeros(4), torch.zeros(4, 4)
-    assert is_no_decay("backbone.pos_embed", torch.zeros(1, 5, 4))  # the official constructor missed this one
-    assert is_no_decay("backbone.blocks.0.attn.q_bias", p1) and is_no_decay("decode_head.conv.bias", p1)
-    assert not is_no_decay("backbone.blocks.0.attn.qkv.weight", p2)
+def test_no_decay_rules_per_task():
+    """Official exemptions (reference §7): seg exempts 1-D and biases only (pos_embed / cls_token decayed in the
+    published runs); MIM also exempts pos_embed and cls_token but decays the mask token."""
+    p1, p2, tok = torch.zeros(4), torch.zeros(4, 4), torch.zeros(1, 1, 4)
+    for rule in (SEG_NO_DECAY, MIM_NO_DECAY):
+        assert rule("backbone.blocks.0.attn.q_bias", p1) and rule("decode_head.conv.bias", p1)
+        assert rule("backbone.blocks.0.norm1.weight", p1)
+        assert not rule("backbone.blocks.0.attn.qkv.weight", p2) and not rule("mask_token", tok)
+    assert not SEG_NO_DECAY("backbone.pos_embed", torch.zeros(1, 5, 4)) and not SEG_NO_DECAY("backbone.cls_token", tok)
+    assert MIM_NO_DECAY("pos_embed", torch.zeros(1, 5, 4)) and MIM_NO_DECAY("encoder.cls_token", tok)
+    assert no_decay_rule(["pos_embed"])("backbone.pos_embed", torch.zeros(1, 5, 4))  # the documented seg option
 
 
 def test_param_groups_cover_every_parameter_once():
@@ -33,7 +39,7 @@ def test_param_groups_cover_every_parameter_once():
     model.net = create_trv("eva02_B", depth=2, embed_dim=64, num_heads=2, mlp_hidden=170)
     model.head = torch.nn.Linear(64, 3)
     groups = param_groups(model.named_parameters(), lr=1e-4, weight_decay=0.05, depth=2, rate=0.7,
-                          no_decay=is_no_decay)
+                          no_decay=MIM_NO_DECAY)
     names = [n for g in groups for n in g["param_names"]]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     by_name = {n: g for g in groups for n in g["param_names"]}

@@ -73,6 +73,29 @@ def test_write_coco_results_maps_ids_and_zips(tmp_path):
         write_coco_results([], "coco_2017_val", str(tmp_path), method="my_method")
 
 
+def test_write_coco_results_keeps_the_server_limit_per_image(tmp_path):
+    """The COCO server scores at most 100 top-scoring detections per image across all categories: an image with
+    130 (soft-NMS survivors over several classes) keeps exactly its 100 best; an image with 5 keeps all."""
+    gen = torch.Generator().manual_seed(0)
+    predictions = []
+    for image_id, count in ((7, 130), (8, 5)):
+        instances = Instances((50, 50))
+        corner = torch.rand(count, 2, generator=gen) * 30
+        instances.pred_boxes = Boxes(torch.cat([corner, corner + 10], 1))
+        instances.scores = torch.rand(count, generator=gen)
+        instances.pred_classes = torch.randint(0, 80, (count,), generator=gen)
+        predictions.append({"image_id": image_id, "instances": instances})
+    json_path, _ = write_coco_results(predictions, "coco_2017_val", str(tmp_path))
+    results = json.loads(open(json_path).read())
+    for prediction in predictions:
+        kept = sorted(r["score"] for r in results if r["image_id"] == prediction["image_id"])
+        expected = sorted(prediction["instances"].scores.tolist())[-100:]
+        assert kept == pytest.approx(expected, abs=1e-6)
+    assert len(results) == 105
+    json_path, _ = write_coco_results(predictions, "coco_2017_val", str(tmp_path / "all"), max_dets_per_image=None)
+    assert len(json.loads(open(json_path).read())) == 135
+
+
 def test_write_coco_results_from_coco_evaluator_predictions(tmp_path):
     """The evaluator's collected predictions (contiguous ids) -> results json that pycocotools scores against
     the original-id ground truth at AP 1 (so ids, boxes and RLE masks are all in the server's format)."""

@@ -1,5 +1,6 @@
 """Soft-NMS against mmcv's CPU kernel, maskness by hand, and the EVA cascade ROI heads built on them."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,8 +81,15 @@ def test_soft_nms_edge_cases():
     assert torch.equal(keep, soft_nms(boxes, scores, labels)[0])
     empty_keep, empty_scores = soft_nms(boxes[:0], scores[:0], labels[:0], topk=10)
     assert empty_keep.shape == (0,) and empty_scores.shape == (0,) and empty_keep.dtype == torch.long
-    low_keep, _ = soft_nms(boxes, torch.full_like(scores, 1e-4), labels, min_score=1e-3)
-    assert low_keep.numel() == 0
+    # Every score below min_score: mmcv (run class-wise as the official detector does, one call on boxes shifted
+    # by class; integer-valued here so the shift is exact) still keeps its first selection, the best box.
+    int_boxes = boxes.round()
+    low = torch.rand(len(scores), generator=torch.Generator().manual_seed(6)) * 1e-3
+    shifted = int_boxes + (labels * (int_boxes.max() + 1))[:, None]
+    dets, mmcv_keep = mmcv_soft_nms(shifted, low, 0.6, 0.5, 1e-3, "linear", offset=0)
+    low_keep, low_scores = soft_nms(int_boxes, low, labels, iou_threshold=0.6, min_score=1e-3)
+    assert mmcv_keep.tolist() == low_keep.tolist() == [int(low.argmax())]
+    assert torch.equal(low_scores, dets[:, 4])
     # Two identical boxes: linear soft-NMS with threshold <= 1 zeroes the second one; Gaussian keeps it at exp(-1/sigma).
     pair = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
     pair_scores = torch.tensor([0.9, 0.8])
@@ -158,7 +166,7 @@ def test_roi_heads_soft_nms_without_decay_equals_detectron2_inference():
     model = tiny_vitdet_cascade().eval()
     set_predictor(model, test_score_thresh=0.15, test_nms_thresh=1.01, test_topk_per_image=30)
     reference = model(image_batch())[0]["instances"]
-    model.roi_heads.nms_method = "soft_linear"
+    model.roi_heads.nms_method, model.roi_heads.soft_nms_topk = "soft_linear", True
     ours = model(image_batch())[0]["instances"]
     assert len(reference) == 30, "enough candidates to exercise the top-k"
     torch.testing.assert_close(ours.scores, reference.scores)
@@ -169,7 +177,7 @@ def test_roi_heads_soft_nms_without_decay_equals_detectron2_inference():
 @torch.no_grad()
 @pytest.mark.parametrize("nms_method", ["soft_linear", "soft_gaussian"])
 def test_roi_heads_soft_nms_decays_topk_and_maskness(nms_method):
-    model = tiny_vitdet_cascade(nms_method=nms_method, soft_nms_sigma=0.5).eval()
+    model = tiny_vitdet_cascade(nms_method=nms_method, soft_nms_sigma=0.5, soft_nms_topk=True).eval()
     set_predictor(model, test_score_thresh=0.1, test_nms_thresh=0.6, test_topk_per_image=20)
     # Not post-processed: pred_masks stay the per-RoI (R, 1, 28, 28) probabilities maskness is defined on.
     plain = model.inference(image_batch(), do_postprocess=False)[0]
@@ -185,6 +193,35 @@ def test_roi_heads_soft_nms_decays_topk_and_maskness(nms_method):
     ]
     torch.testing.assert_close(rescored.scores, plain.scores[order] * maskness(plain.pred_masks[order], 0.5))
     assert not torch.equal(rescored.scores, plain.scores[order])
+
+
+@torch.no_grad()
+def test_roi_heads_soft_nms_returns_every_survivor_by_default():
+    """Official "sys" protocol: no per-image cap after soft-NMS; the switch restores the cap as a prefix."""
+    model = tiny_vitdet_cascade(nms_method="soft_linear").eval()
+    set_predictor(model, test_score_thresh=0.0, test_nms_thresh=0.6, test_topk_per_image=20)
+    every = model.inference(image_batch(), do_postprocess=False)[0]
+    model.roi_heads.soft_nms_topk = True
+    capped = model.inference(image_batch(), do_postprocess=False)[0]
+    assert len(capped) == 20 < len(every)
+    torch.testing.assert_close(capped.scores, every.scores[:20])
+    assert torch.equal(capped.pred_classes, every.pred_classes[:20])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("case", [0, 1], ids=["coco", "lvis"])
+def test_soft_nms_inference_equals_the_official_detector(case):
+    """The same boxes and cascade scores through the official detector's soft-NMS inference (fixture made by
+    running it, see fixtures/README.md) and through ours: the same detections, every survivor, same scores."""
+    fixture = torch.load(Path(__file__).parent / "fixtures" / "official_soft_nms_sys.pt", weights_only=True)
+    official = fixture["cases"][case]
+    model = tiny_vitdet_cascade(nms_method="soft_linear").eval()
+    set_predictor(model, test_score_thresh=official["score_thresh"], test_nms_thresh=0.6, test_topk_per_image=100)
+    ours = model.roi_heads._soft_nms_single_image(official["boxes"], official["scores"], tuple(official["image_size"]))
+    assert len(ours) == len(official["out_scores"]) > 100  # more than any per-image cap would let through
+    assert torch.equal(ours.pred_classes, official["out_classes"])
+    assert torch.equal(ours.pred_boxes.tensor, official["out_boxes"])
+    torch.testing.assert_close(ours.scores, official["out_scores"], rtol=1e-6, atol=1e-7)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import pytest
 from mmengine.config import Config
 
 import eva02.seg  # noqa: F401  (registers the modules)
-from eva02.seg import make_shapes_dataset
+from eva02.seg import fp32_without_gpu, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = [
@@ -78,6 +78,7 @@ def shrink(cfg: Config, data_root: str, crop: int = 64) -> Config:
     if m.test_cfg.get("mode") == "slide":
         m.test_cfg.update(crop_size=(crop, crop), stride=(crop * 2 // 3, crop * 2 // 3))
     cfg.optim_wrapper.paramwise_cfg.num_layers = TINY_TRV["depth"]
+    fp32_without_gpu(cfg)  # as tools/train_seg.py does on a CPU-only machine
     small_scale = (crop * 4, crop)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         dl = cfg[loader]

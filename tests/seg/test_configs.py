@@ -8,10 +8,12 @@ def load(repo, name):
 
 
 def schedule(cfg):
-    """(warmup end, decay end, poly power) of the LinearLR + PolyLR schedule."""
+    """(warmup end, decay end, poly power) of the LinearLR + PolyLR schedule: the official curve, poly over the
+    whole run with the linear warmup (ratio 1e-6) overlapping it as a multiplier."""
     warmup, poly = cfg.param_scheduler
     assert warmup.type == "LinearLR" and poly.type == "PolyLR" and poly.eta_min == 0.0
-    return warmup.end, poly.end, poly.power
+    assert (warmup.begin, warmup.start_factor, poly.begin) == (0, 1e-6, 0)
+    return warmup.end - 1, poly.end - 1, poly.power  # mmengine reaches the final value at end - 1
 
 
 def common(cfg, arch, crop, lr, lrd, total_batch, iters, drop_path, gpus=8):
@@ -36,6 +38,8 @@ def common(cfg, arch, crop, lr, lrd, total_batch, iters, drop_path, gpus=8):
     assert cfg.model.test_cfg.stride == {512: (341, 341), 640: (426, 426)}[crop]
     ratios = [t.scale[1] / crop for t in cfg.tta_pipeline[1].transforms[0]]
     assert ratios == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    for t in cfg.tta_pipeline[1].transforms[0]:  # the official resize: short side max(crop r, crop), no long cap
+        assert t.type == "ShortSideResize" and t.min_short_side == crop and t.scale[0] == 4 * t.scale[1]
     flips = [t.prob for t in cfg.tta_pipeline[1].transforms[1]]
     assert flips == [0.0, 1.0]
     crops = [t.crop_size for t in cfg.train_dataloader.dataset.pipeline if t.type == "RandomCrop"]
@@ -57,7 +61,12 @@ def test_upernet_table34(repo, name, arch, crop, lr, lrd, batch, iters, dp, head
     assert dec.type == "UPerHead" and dec.channels == head and dec.in_channels == [width] * 4
     assert dec.num_classes == 150 and aux.num_classes == 150
     assert aux.type == "FCNHead" and aux.in_channels == width and aux.loss_decode.loss_weight == 0.4
+    assert aux.channels == (1536 if crop == 640 else 256)  # official: the L+ auxiliary head is 1536 wide too
     assert cfg.train_dataloader.dataset.type == "CheckedADE20KDataset"
+    assert schedule(cfg)[0] == 1500  # official warmup
+    opt = cfg.optim_wrapper  # fp16 AMP as every published run; pos_embed / cls_token decayed as they were
+    assert (opt.type, opt.dtype) == ("AmpOptimWrapper", "float16") and "no_decay_names" not in opt.paramwise_cfg
+    assert cfg.model.backbone.get("with_cls_token", True)  # the official seg backbone keeps its cls token
 
 
 @pytest.mark.parametrize("name, classes, batch, iters, dataset", [
@@ -93,3 +102,24 @@ def test_data_roots_come_from_environment(repo, monkeypatch, tmp_path):
     monkeypatch.setenv("COCO_STUFF_ROOT", str(tmp_path / "cs"))
     assert load(repo, "ade20k/upernet_eva02_L_512.py").train_dataloader.dataset.data_root == str(tmp_path / "ade")
     assert load(repo, "coco_stuff/mask2former_eva02_L_640.py").val_dataloader.dataset.data_root == str(tmp_path / "cs")
+
+
+def test_warmup_and_poly_multiply_as_the_official_curve(repo):
+    """The B 512 schedule built by mmengine, stepped, against the official closed form (mmcv 1.x poly with linear
+    warmup): lr(t) = base (1 - t / T) (1e-6 + (1 - 1e-6) t / 1500) while t < 1500, base (1 - t / T) after."""
+    import torch
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    cfg = load(repo, "ade20k/upernet_eva02_B_512.py")
+    base, total = cfg.optim_wrapper.optimizer.lr, cfg.max_iters
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    schedulers = [PARAM_SCHEDULERS.build({**s, "optimizer": optimizer}) for s in cfg.param_scheduler]
+    checks = {0, 1, 750, 1499, 1500, 1501, 30000, total - 1, total}
+    for t in range(max(checks) + 1):
+        if t in checks:
+            warm = 1e-6 + (1 - 1e-6) * t / 1500 if t < 1500 else 1.0
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(base * (1 - t / total) * warm, rel=1e-6, abs=1e-15), t
+        optimizer.step()
+        for s in schedulers:
+            s.step()
+    assert base * (1 - 1500 / total) == pytest.approx(0.975 * base)  # the reference's check point

@@ -34,7 +34,8 @@ def test_lr_and_weight_decay_by_hand(segmentor):
     expected = {  # name: (lr, weight decay)
         "backbone.patch_embed.proj.weight": (LR * RATE**3, WD),
         "backbone.patch_embed.proj.bias": (LR * RATE**3, 0.0),
-        "backbone.pos_embed": (LR * RATE**3, 0.0),  # exempt although it is 3-D and carries the backbone. prefix
+        "backbone.pos_embed": (LR * RATE**3, WD),  # decayed, as in the published runs (reference §7)
+        "backbone.cls_token": (LR * RATE**3, WD),
         "backbone.blocks.0.attn.qkv.weight": (LR * RATE**2, WD),
         "backbone.blocks.0.attn.q_bias": (LR * RATE**2, 0.0),
         "backbone.blocks.0.norm1.weight": (LR * RATE**2, 0.0),
@@ -50,6 +51,13 @@ def test_lr_and_weight_decay_by_hand(segmentor):
         assert groups[name]["lr"] == pytest.approx(lr), name
         assert groups[name]["weight_decay"] == wd, name
     assert len(groups) == sum(1 for p in segmentor.parameters() if p.requires_grad)
+
+
+def test_documented_exemption_of_pos_embed_and_cls_token(segmentor):
+    groups = groups_by_name(build(segmentor, no_decay_names=("pos_embed", "cls_token")))
+    for name in ("backbone.pos_embed", "backbone.cls_token"):
+        assert groups[name]["weight_decay"] == 0.0 and groups[name]["lr"] == pytest.approx(LR * RATE**3)
+    assert groups["backbone.blocks.0.attn.qkv.weight"]["weight_decay"] == WD
 
 
 def test_scheduler_keeps_the_per_layer_ratios(segmentor):
