@@ -130,6 +130,13 @@ def unwrap_state_dict(obj: dict, use_ema: bool, source: str, report: LoadReport)
     return tensors
 
 
+def _is_packed_fc1(sd: dict[str, torch.Tensor], key: str) -> bool:
+    """timm's packed SwiGLU fc1 is twice as wide as fc2's input (fc2 already renamed w3); a GELU MLP's fc1
+    (EVA-CLIP) is not."""
+    fc2 = sd.get(key.replace(".fc1.", ".w3.").replace(".bias", ".weight"))
+    return fc2 is not None and sd[key].shape[0] == 2 * fc2.shape[-1]
+
+
 def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes, rename timm keys, drop derived RoPE buffers, fuse q/k/v."""
     prefix = next((p for p in BACKBONE_PREFIXES if any(k.startswith(p + "blocks.") for k in sd)), "")
@@ -150,11 +157,15 @@ def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, t
                 if "renamed timm keys" not in report.converted:
                     report.converted.append("renamed timm keys")
         out[k] = v
-    for fc1 in [k for k in out if ".mlp.fc1." in k]:  # timm's packed GLU (Ti/S): [w1; w2] in one Linear
-        w1, w2 = out.pop(fc1).chunk(2, dim=0)
-        out[fc1.replace(".fc1.", ".w1.")], out[fc1.replace(".fc1.", ".w2.")] = w1, w2
-        if "split timm's packed mlp.fc1" not in report.converted:
-            report.converted.append("split timm's packed mlp.fc1")
+    # Packed SwiGLU of Ti/S: [w1; w2] in one Linear, the first half through SiLU (the official xformers `w12`,
+    # timm's `fc1`).
+    for packed in [k for k in out if ".mlp.w12." in k or (".mlp.fc1." in k and _is_packed_fc1(out, k))]:
+        name = ".w12." if ".mlp.w12." in packed else ".fc1."
+        w1, w2 = out.pop(packed).chunk(2, dim=0)
+        out[packed.replace(name, ".w1.")], out[packed.replace(name, ".w2.")] = w1, w2
+        note = f"split the packed mlp{name[:-1]} into w1 / w2"
+        if note not in report.converted:
+            report.converted.append(note)
     fused = 0
     for q_key in [k for k in out if k.endswith(".attn.q_proj.weight")]:
         base = q_key[: -len("q_proj.weight")]
@@ -249,14 +260,21 @@ def load_checkpoint(
     return report
 
 
-def to_official(model: TrV) -> dict[str, torch.Tensor]:
-    """The model's weights under official EVA-02 names (separate q/k/v projections)."""
+def to_official(model: TrV, packed: bool | None = None) -> dict[str, torch.Tensor]:
+    """The model's weights in the official EVA-02 layout of its size: Ti/S (`cfg.packed`) with one `attn.qkv` and
+    the xformers-packed `mlp.w12` ([w1; w2]), B/L with separate q/k/v projections and w1 / w2. `packed` overrides
+    the size's layout."""
+    packed = model.cfg.packed if packed is None else packed
     out = {}
     for k, v in model.state_dict().items():
-        if k.endswith(".attn.qkv.weight"):
+        if k.endswith(".attn.qkv.weight") and not packed:
             base = k[: -len("qkv.weight")]
             for name, w in zip("qkv", v.chunk(3, dim=0)):
                 out[base + f"{name}_proj.weight"] = w.clone()
+        elif ".mlp.w1." in k and packed:
+            out[k.replace(".w1.", ".w12.")] = torch.cat((v, model.state_dict()[k.replace(".w1.", ".w2.")]))
+        elif ".mlp.w2." in k and packed:
+            continue
         else:
             out[k] = v.clone()
     return out

@@ -32,6 +32,7 @@ from .checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read_
                          save_atomic, to_official, to_trv_names, unwrap_state_dict)
 from .layer_decay import MIM_NO_DECAY, param_groups
 from .masking import DEFAULT_MASK_RATIO, BlockMaskGenerator
+from .rope import rope_table
 from .trv import TrV, TrVConfig, create_trv
 
 __all__ = [
@@ -92,7 +93,9 @@ class MIMStudent(nn.Module):
     load_checkpoint strips, so a training checkpoint's student also loads straight into a TrV.
     """
 
-    def __init__(self, encoder: TrV, target_dim: int):
+    def __init__(self, encoder: TrV, target_dim: int, patch_grad_scale: float = 0.1):
+        """patch_grad_scale: the gradient reaching the patch embedding is multiplied by it (the official
+        `--stop_grad_conv1` of every released run: x.detach() * 0.9 + x * 0.1); 1.0 leaves it alone."""
         super().__init__()
         if encoder.cls_token is None or encoder.mask_token is None:
             raise ValueError("the MIM student needs a TrV built with with_cls_token=True and with_mask_token=True")
@@ -102,24 +105,57 @@ class MIMStudent(nn.Module):
         # Official init: the xavier-normal pass covers lm_head too (it overrides the earlier trunc-normal).
         nn.init.xavier_normal_(self.lm_head.weight)
         nn.init.zeros_(self.lm_head.bias)
+        if patch_grad_scale != 1.0:
+            for p in encoder.patch_embed.parameters():
+                p.register_hook(lambda grad: grad * patch_grad_scale)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W), mask (B, N) bool -> predictions (M, D) for the M masked patches, batch-major."""
         tokens = self.encoder.forward_tokens(images, mask)[:, 1:]  # drop the cls token
         return self.lm_head(self.norm(tokens[mask]))
 
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights under the official MIM names (separate q/k/v), without the `module` wrapper."""
+    def load_official(self, checkpoint: str | os.PathLike | dict, weights_only: bool = True) -> LoadReport:
+        """Load an official MIM checkpoint (any size's layout, `module`-wrapped or not; or our own export) into the
+        encoder, `norm` and `lm_head`; a weight left unloaded or a backbone key that fits nowhere is an error."""
+        source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
+        obj = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint, weights_only)
+        flat = unwrap_state_dict(obj, False, source, LoadReport())
+        report = load_checkpoint(self.encoder, flat, source=source)
+        missing = list(report.missing)
+        for name in ("norm", "lm_head"):
+            module = getattr(self, name)
+            part = {k: flat[f"{name}.{k}"] for k in module.state_dict() if f"{name}.{k}" in flat}
+            missing += [f"{name}.{k}" for k in module.state_dict() if k not in part]
+            if len(part) == len(module.state_dict()):
+                module.load_state_dict(part)
+        if missing or report.unexpected:
+            raise ValueError(f"{source}: not this student's checkpoint: missing {missing[:6]}, unexpected "
+                             f"{report.unexpected[:6]}")
+        return report
+
+    def official_state_dict(self, rope_grid: int | None = None) -> dict[str, torch.Tensor]:
+        """Weights under the official MIM names and layout of the student's size (Ti/S: fused qkv and packed
+        w12; B/L: separate q/k/v and w1 / w2), with `norm`, `lm_head` and the RoPE buffers the official model
+        registers (`rope.freqs_cos/sin` and again under every block's `attn.rope.`) for a rope_grid x rope_grid
+        input (default: the student's own grid), without the `module` wrapper."""
         out = to_official(self.encoder)
         for name in ("norm", "lm_head"):
             out.update({f"{name}.{k}": v.clone() for k, v in getattr(self, name).state_dict().items()})
+        grid = rope_grid or self.encoder.pos_grid
+        # Official pre-training RoPE: positions 0 .. grid-1 (pt_seq_len = ft_seq_len = the input grid).
+        table = rope_table(self.encoder.embed_dim // self.encoder.cfg.num_heads, (grid, grid), 1.0)
+        for prefix in ["rope."] + [f"blocks.{i}.attn.rope." for i in range(self.encoder.cfg.depth)]:
+            out[prefix + "freqs_cos"], out[prefix + "freqs_sin"] = table.cos.clone(), table.sin.clone()
         return out
 
 
-def create_mim_student(name: str, target_dim: int, **overrides) -> MIMStudent:
-    """A preset TrV at patch 14 with cls and mask tokens, wrapped as a MIM student; overrides go to create_trv."""
-    encoder = create_trv(name, **{"patch_size": 14, **overrides, "with_cls_token": True, "with_mask_token": True})
-    return MIMStudent(encoder, target_dim)
+def create_mim_student(name: str, target_dim: int, patch_grad_scale: float = 0.1, **overrides) -> MIMStudent:
+    """A preset TrV at patch 14 with cls and mask tokens, wrapped as a MIM student; overrides go to create_trv.
+    RoPE positions are those of the input grid (official pre-training: 0 .. grid - 1 at any input size)."""
+    kwargs = {"patch_size": 14, "img_size": 224, **overrides}
+    kwargs.setdefault("rope_pt_grid", kwargs["img_size"] // kwargs["patch_size"])
+    encoder = create_trv(name, **kwargs, with_cls_token=True, with_mask_token=True)
+    return MIMStudent(encoder, target_dim, patch_grad_scale)
 
 
 def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,7 +175,16 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 class FrozenTeacher(nn.Module):
-    """A frozen encoder giving L2-normalized patch features; subclasses implement patch_features.
+    """A frozen encoder giving the MIM targets, its patch features; subclasses implement patch_features.
+
+    Targets are what the teacher outputs, not re-normalized, as the official code uses them (the cosine loss is
+    blind to their length). What each teacher computes:
+      - TrVTeacher (an EVA-02 / EVA02-CLIP-style tower from a checkpoint file): head(norm(tokens))[:, 1:], with
+        `norm` and `head` (the CLIP projection) when the file holds them.
+      - TimmTeacher (a timm model and a local weights file): a CLIP tower (name with "clip", e.g.
+        eva_giant_patch14_clip_224 with the official EVA-CLIP-g file, the paper's teacher) gives
+        head(norm(tokens))[:, 1:], the official EVA-CLIP target (`visual(x)` with its projection); any other model
+        its `forward_features` without prefix tokens (a CNN: its last map).
 
     Inputs arrive normalized with the CLIP mean / std (the student's); a teacher trained with other statistics
     re-normalizes them to its own. When the teacher's patch grid differs from the student's, its feature map is
@@ -167,7 +212,7 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor, grid: tuple[int, int],
                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """images (B, 3, H, W), CLIP-normalized -> targets (B, grid_h * grid_w, D), float32, unit length."""
+        """images (B, 3, H, W), CLIP-normalized -> targets (B, grid_h * grid_w, D), float32."""
         x = images * self.in_scale + self.in_shift
         with _autocast(images.device, amp_dtype):
             feats = self.patch_features(x)
@@ -180,7 +225,7 @@ class FrozenTeacher(nn.Module):
             fmap = feats.transpose(1, 2).reshape(B, D, side, side)
             fmap = F.interpolate(fmap, size=tuple(grid), mode="bilinear", align_corners=False)
             feats = fmap.flatten(2).transpose(1, 2)
-        return F.normalize(feats, dim=-1)
+        return feats
 
 
 def trv_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int | None = None, source: str = "<state dict>") -> TrV:
@@ -190,6 +235,9 @@ def trv_from_state_dict(sd: dict[str, torch.Tensor], num_heads: int | None = Non
     count is not stored in a checkpoint: num_heads=None takes head_dim 64, as every EVA-02 / EVA-CLIP tower.
     """
     need = ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.w1.weight")
+    if "blocks.0.mlp.fc1.weight" in sd:
+        raise KeyError(f"{source}: an EVA-CLIP tower with a GELU MLP (fc1 / fc2), e.g. EVA-CLIP-g, is not a TrV: use "
+                       "it through timm, --teacher timm:eva_giant_patch14_clip_224 --teacher-weights FILE")
     if any(k not in sd for k in need):
         raise KeyError(f"{source}: not a TrV / EVA-style vision tower (needs {need}; has {sorted(sd)[:8]} ...)")
     embed_dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
@@ -247,11 +295,14 @@ class TimmTeacher(FrozenTeacher):
 
     The file goes through the model family's own timm converter when it has one (`checkpoint_filter_fn`; e.g.
     an official EVA-CLIP file with its `visual.` tower loads into `eva_giant_patch14_clip_224`, the paper's
-    teacher). The classifier is never used and need not be in the file. Patch features are `forward_features`
-    without the prefix (cls / register) tokens, or a CNN's last map.
+    teacher). A CLIP tower (`project=None` and "clip" in the name, or `project=True`) keeps its head, the CLIP
+    projection, which must then be in the file: targets are head(norm(tokens))[:, 1:] as the official EVA-02
+    pre-training uses them. Any other model's classifier is never used and need not be in the file; its targets are
+    `forward_features` without the prefix (cls / register) tokens, or a CNN's last map.
     """
 
-    def __init__(self, name: str, weights: str | os.PathLike, weights_only: bool = True, **create_kwargs):
+    def __init__(self, name: str, weights: str | os.PathLike, weights_only: bool = True,
+                 project: bool | None = None, **create_kwargs):
         import timm
 
         source = os.fspath(weights)
@@ -260,26 +311,28 @@ class TimmTeacher(FrozenTeacher):
         family_converter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if family_converter is not None:
             sd = family_converter(sd, model)
+        self_project = "clip" in name if project is None else project
         classifier = model.pretrained_cfg.get("classifier") or "head"
-        heads = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+        heads = () if self_project else tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
         try:
             result = model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(heads)}, strict=False)
         except RuntimeError as e:  # shape mismatches
             raise ValueError(f"{source} does not fit timm model {name!r}: {e}") from e
-        missing = [k for k in result.missing_keys if not k.startswith(heads)]
+        missing = [k for k in result.missing_keys if not heads or not k.startswith(heads)]
         if missing or result.unexpected_keys:
             raise ValueError(f"{source} does not fit timm model {name!r}: missing {missing[:6]}, "
                              f"unexpected {result.unexpected_keys[:6]}")
         cfg = model.pretrained_cfg
         super().__init__(cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD))
         self.model = model
+        self.project = model.get_classifier() if self_project else nn.Identity()
         self.freeze()
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.model.forward_features(x)
         if feats.ndim == 4:  # CNN: (B, C, h, w)
             return feats.flatten(2).transpose(1, 2)
-        return feats[:, getattr(self.model, "num_prefix_tokens", 0):]
+        return self.project(feats[:, getattr(self.model, "num_prefix_tokens", 0):])
 
 
 def build_teacher(spec: str, weights: str | None = None, num_heads: int | None = None,
@@ -440,8 +493,8 @@ def export_official(student: MIMStudent | str | os.PathLike, output_dir: str | o
     """
     if not isinstance(student, MIMStudent):
         student = _student_from_training_checkpoint(os.fspath(student))
-    official = student.official_state_dict()
     # The released files hold the 16x16 (224 / 14) grid whatever size a run trained at.
+    official = student.official_state_dict(rope_grid=224 // 14)
     official["pos_embed"] = resize_pos_embed(official["pos_embed"], 224 // 14)
     p14 = os.path.join(output_dir, f"{stem}_p14.pt")
     p16 = os.path.join(output_dir, f"{stem}_p14to16.pt")

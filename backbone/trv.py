@@ -43,6 +43,12 @@ class TrVConfig:
     mlp_hidden: int  # SwiGLU hidden width: int(embed_dim * 4 * 2 / 3)
     sub_ln: bool  # LayerNorm inside the FFN (B/L); Ti/S are plain pre-LN
 
+    @property
+    def packed(self) -> bool:
+        """The official layout of this variant (reference §7): Ti/S (no sub-LN) hold q/k/v as one `attn.qkv`
+        and w1/w2 as one xformers `mlp.w12` and are initialized as such; B/L keep them separate."""
+        return not self.sub_ln
+
 
 PRESETS = {
     "eva02_Ti": TrVConfig(embed_dim=192, depth=12, num_heads=3, mlp_hidden=512, sub_ln=False),
@@ -267,9 +273,11 @@ class TrV(nn.Module):
     # ---------------------------------------------------------------- initialization
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Official EVA-02 initialization: xavier normal for Linear weights (q, k, v each as its own
-        (C, C) matrix), xavier uniform for the patch kernel viewed 2-D, trunc-normal 0.02 for position
-        embedding and tokens; with sub-LN, w1/w2/w3, proj and the v projection scaled by sqrt(ln(2 depth))."""
+        """Official EVA-02 pre-training initialization (reference §7): xavier normal for every Linear weight, over
+        the official layout's matrices (Ti/S: the fused (3C, C) qkv and the packed (2H, C) w1/w2; B/L: q, k, v,
+        w1, w2 each on its own), zero biases; xavier uniform for the patch kernel viewed 2-D, its bias left at
+        PyTorch's default; normal(0, 0.02) truncated at +-0.02 for position embedding and tokens; with sub-LN,
+        w1/w2/w3, proj and the v projection scaled by sqrt(ln(2 depth))."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)
@@ -279,14 +287,19 @@ class TrV(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for blk in self.blocks:
-            for w in blk.attn.qkv.weight.chunk(3, dim=0):
-                nn.init.xavier_normal_(w)
+            if self.cfg.packed:  # one (2H, C) matrix, as the official xformers SwiGLU `w12`
+                packed = torch.empty(2 * self.cfg.mlp_hidden, self.embed_dim)
+                nn.init.xavier_normal_(packed)
+                blk.mlp.w1.weight.copy_(packed[: self.cfg.mlp_hidden])
+                blk.mlp.w2.weight.copy_(packed[self.cfg.mlp_hidden:])
+            else:  # q, k, v each its own (C, C) matrix
+                for w in blk.attn.qkv.weight.chunk(3, dim=0):
+                    nn.init.xavier_normal_(w)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
         for p in (self.pos_embed, self.cls_token, self.mask_token):
             if p is not None:
-                nn.init.trunc_normal_(p, std=0.02)
+                nn.init.trunc_normal_(p, std=0.02, a=-0.02, b=0.02)
         if self.cfg.sub_ln:
             scale = math.sqrt(math.log(2 * self.cfg.depth))
             for blk in self.blocks:

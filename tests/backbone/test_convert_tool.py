@@ -28,10 +28,11 @@ def test_p14_to_p14to16_then_into_detection_backbone(tmp_path):
     _run(tmp_path / "pt_p14.pt", tmp_path / "p14to16.pt", "--to", "p14to16")
     out = torch.load(tmp_path / "p14to16.pt")
     assert out["patch_embed.proj.weight"].shape == (384, 3, 16, 16) and out["pos_embed"].shape == (1, 197, 384)
-    assert "blocks.0.attn.q_proj.weight" in out and not any("rope" in k for k in out)
+    # S keeps the official S layout (fused qkv, packed w12; checked against the official code in tests/mim)
+    assert "blocks.0.attn.qkv.weight" in out and "blocks.0.mlp.w12.weight" in out and not any("rope" in k for k in out)
     det = create_trv("eva02_S", depth=2, patch_size=16, window_size=16, global_blocks=(1,))
     report = load_checkpoint(det, tmp_path / "p14to16.pt")
-    assert report.missing == [] and report.converted == ["fused q/k/v projections in 2 blocks"]  # no resizing left
+    assert report.missing == [] and report.converted == ["split the packed mlp.w12 into w1 / w2"]  # no resizing left
 
 
 def test_p14_to_own_layout_keeps_outputs(tmp_path):
