@@ -23,7 +23,7 @@ from eva02.backbone.checkpoint import LoadReport, atomic_write, save_atomic, to_
 
 from .ema import unwrap_model
 
-__all__ = ["EVACheckpointer", "load_detector_weights"]
+__all__ = ["EVACheckpointer", "convert_detector_state", "load_detector_weights"]
 
 logger = logging.getLogger(__name__)
 _NET = "backbone.net."
@@ -69,12 +69,8 @@ class EVACheckpointer(DetectionCheckpointer):
         if not any(k.startswith("backbone.") or k.startswith("roi_heads.") for k in state):
             self.last_incompatible = self._load_backbone_only(state, source)
             return self.last_incompatible
-        report = LoadReport()
-        backbone = to_trv_names({k: v for k, v in state.items() if k.startswith(_NET)}, report)
-        rest = {k: v for k, v in state.items() if not k.startswith(_NET)}
-        checkpoint["model"] = {**rest, **{_NET + k: v for k, v in backbone.items()}}
-        for line in report.converted:
-            logger.info(f"{source}: backbone {line}")
+        checkpoint["model"], dropped = convert_detector_state(state, unwrap_model(self.model), source)
+        logger.info(f"{source}: {len(dropped)} derived tensors not loaded (RoPE tables, constant buffers)")
         incompatible = super()._load_model(checkpoint)
         self.last_incompatible = incompatible
         return incompatible
@@ -103,6 +99,22 @@ class EVACheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda tmp: open(tmp, "w").write(last_filename_basename))
+
+
+def convert_detector_state(state: dict, model, source: str = "<checkpoint>") -> tuple[dict, list[str]]:
+    """A released detector's state dict (its `model` or its `ema_state`) in this project's names: backbone keys
+    through `to_trv_names` (q/k/v fused); dropped, and returned as the second value, the tensors that are derived
+    rather than learned: RoPE tables (the official files save them per block too, for one input size) and the
+    model's non-persistent buffers (pixel mean / std, anchors), which an official `ema_state` also holds."""
+    report = LoadReport()
+    backbone = to_trv_names({k: v for k, v in state.items() if k.startswith(_NET)}, report)
+    for line in report.converted:
+        logger.info(f"{source}: backbone {line}")
+    constant = {f"{prefix}{'.' if prefix else ''}{name}" for prefix, module in model.named_modules()
+                for name in module._non_persistent_buffers_set}
+    rest = {k: v for k, v in state.items() if not k.startswith(_NET) and k not in constant}
+    dropped = [_NET + k for k in report.derived] + [k for k in state if k in constant]
+    return {**rest, **{_NET + k: v for k, v in backbone.items()}}, dropped
 
 
 def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True) -> _IncompatibleKeys:

@@ -133,3 +133,26 @@ def test_clip_teacher_targets_equal_the_official_engine(official_teacher, tmp_pa
     assert rel_err(target, official_teacher["target"]) < 1e-4
     with pytest.raises(KeyError, match="GELU MLP.*timm:eva_giant_patch14_clip_224"):
         TrVTeacher.from_checkpoint(tmp_path / "eva_clip_tiny.pt")
+
+
+@pytest.mark.parametrize("style, timm_name", [("ti_style", "eva02_tiny_patch14_224"),
+                                              ("b_style", "eva02_base_patch14_224")])
+def test_timm_reads_the_official_checkpoint_as_we_do(official, style, timm_name):
+    """A second, independent reader: timm's own `checkpoint_filter_fn` loads the official state dict into timm's
+    Eva (RoPE on the 4x4 input grid, as official pre-training); its tokens equal ours."""
+    timm = pytest.importorskip("timm")
+    from timm.models.eva import checkpoint_filter_fn
+
+    case = official[style]
+    c = case["config"]
+    ref = timm.create_model(timm_name, pretrained=False, img_size=c["img_size"], embed_dim=c["embed_dim"],
+                            depth=c["depth"], num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], num_classes=0,
+                            ref_feat_shape=(4, 4)).eval()
+    state = {"module": {k: v.float() for k, v in case["state_dict"].items()}}
+    result = ref.load_state_dict(checkpoint_filter_fn(state, ref), strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    ref.norm = torch.nn.Identity()  # our encoder's tokens come before the student's final norm
+    student = student_like(case, PRESET[style]).eval()
+    student.load_official(case["state_dict"])
+    with torch.no_grad():
+        assert rel_err(student.encoder.forward_tokens(official["image"]), ref.forward_features(official["image"])) < 1e-5
