@@ -38,7 +38,8 @@ def trv_depth(model: nn.Module) -> int:
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """mmengine optimizer-wrapper constructor with EVA-02 layer-wise lr decay (paramwise_cfg: layer_decay_rate,
-    optional num_layers = TrV depth, optional no_decay_names exempted from weight decay besides 1-D / biases). Each parameter group carries lr, weight_decay, lr_scale, layer_id and
+    optional num_layers = TrV depth, optional no_decay_names exempted from weight decay besides 1-D parameters
+    and biases). Each parameter group carries lr, weight_decay, lr_scale, layer_id and
     param_names; mmengine's schedulers scale every group's lr from its own starting value."""
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):

@@ -6,11 +6,17 @@
     python tools/pretrain_mim.py --demo --output output/demo_mim   # embedded default: generated images,
                                                                    # random tiny teacher, Ti student
 
-TEACHER is a checkpoint file (a TrV / EVA-CLIP-style vision tower, any layout eva02.backbone reads) or a timm
-model name with a local weights file (--teacher-weights; nothing is downloaded). Hyper-parameters default to
+TEACHER and the targets it gives (official: the CLIP-projected patch features head(norm(x))[:, 1:]):
+  - a timm model name with a local weights file (--teacher-weights; nothing is downloaded). A CLIP tower ("clip"
+    in the name) keeps its projection head: eva_giant_patch14_clip_224 with the official EVA_CLIP_g_14_X.pt is
+    the paper's teacher, read by timm's own converter. Other timm models give their patch tokens (no head).
+  - a checkpoint file of a TrV / EVA02-CLIP-style tower (SwiGLU; any layout eva02.backbone reads): its tokens
+    through the `norm` and `head` the file holds. EVA-CLIP towers with a GELU MLP go through timm (above).
+Targets are not re-normalized (the cosine loss ignores their length). Hyper-parameters default to
 the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). Re-running with the same --output
 resumes from DIR/checkpoint.pt. Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
-DIR/<model>_mim_p14.pt ({"module": ...}, official MIM layout) and DIR/<model>_mim_p14to16.pt (detection /
+DIR/<model>_mim_p14.pt ({"module": ...}, the official MIM layout of the size: Ti/S packed w12 and fused qkv, B/L
+separate, RoPE buffers as the official model registers them) and DIR/<model>_mim_p14to16.pt (detection /
 segmentation init).
 """
 from __future__ import annotations

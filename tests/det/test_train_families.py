@@ -61,6 +61,10 @@ def test_o365_initialized_family(make_config, shapes, tmp_path):
     EVACheckpointer(model, use_ema=True).load(str(coco_dir / "model_final.pth"), checkpointables=[])
     again = do_test(cfg, model)
     assert again["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], abs=1e-6, nan_ok=True)
+    # as the official loop, training evaluated the raw weights too, beside the EMA ones
+    raw = json.loads((coco_dir / "results_raw.json").read_text())
+    EVACheckpointer(model).load(str(coco_dir / "model_final.pth"), checkpointables=[])
+    assert do_test(cfg, model)["bbox"]["AP"] == pytest.approx(raw["bbox"]["AP"], abs=1e-6, nan_ok=True)
 
 
 def test_eval_only_writes_server_results(make_config, shapes, tmp_path):
