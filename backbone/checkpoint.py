@@ -265,14 +265,15 @@ def to_official(model: TrV, packed: bool | None = None) -> dict[str, torch.Tenso
     the xformers-packed `mlp.w12` ([w1; w2]), B/L with separate q/k/v projections and w1 / w2. `packed` overrides
     the size's layout."""
     packed = model.cfg.packed if packed is None else packed
+    state = model.state_dict()
     out = {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         if k.endswith(".attn.qkv.weight") and not packed:
             base = k[: -len("qkv.weight")]
             for name, w in zip("qkv", v.chunk(3, dim=0)):
                 out[base + f"{name}_proj.weight"] = w.clone()
         elif ".mlp.w1." in k and packed:
-            out[k.replace(".w1.", ".w12.")] = torch.cat((v, model.state_dict()[k.replace(".w1.", ".w2.")]))
+            out[k.replace(".w1.", ".w12.")] = torch.cat((v, state[k.replace(".w1.", ".w2.")]))
         elif ".mlp.w2." in k and packed:
             continue
         else:

@@ -311,9 +311,9 @@ class TimmTeacher(FrozenTeacher):
         family_converter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if family_converter is not None:
             sd = family_converter(sd, model)
-        self_project = "clip" in name if project is None else project
+        use_head = "clip" in name if project is None else project
         classifier = model.pretrained_cfg.get("classifier") or "head"
-        heads = () if self_project else tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+        heads = () if use_head else tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
         try:
             result = model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(heads)}, strict=False)
         except RuntimeError as e:  # shape mismatches
@@ -325,7 +325,7 @@ class TimmTeacher(FrozenTeacher):
         cfg = model.pretrained_cfg
         super().__init__(cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD))
         self.model = model
-        self.project = model.get_classifier() if self_project else nn.Identity()
+        self.project = model.get_classifier() if use_head else nn.Identity()
         self.freeze()
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
