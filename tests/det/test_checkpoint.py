@@ -34,7 +34,7 @@ def test_official_detector_with_ema_loads_without_missing_keys(small_cfg, tmp_pa
     official = _official_detector_state(source)
     assert "backbone.net.blocks.0.attn.q_proj.weight" in official
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in official.items()}
-    path = tmp_path / "eva02_L_coco_sys_o365.pth"
+    path = tmp_path / "eva02_L_coco_det_sys_o365.pth"
     torch.save({"model": official, "ema_state": ema, "iteration": 40000}, path)
 
     torch.manual_seed(2)
