@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .trv import TrV
+from .trv import TrV, TrVConfig
 
 __all__ = [
-    "LoadReport", "atomic_write", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
+    "LoadReport", "atomic_write", "infer_trv_config", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
     "to_trv_names", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
@@ -174,6 +174,23 @@ def to_trv_names(sd: dict[str, torch.Tensor], report: LoadReport) -> dict[str, t
     if fused:
         report.converted.append(f"fused q/k/v projections in {fused} blocks")
     return out
+
+
+def infer_trv_config(sd: dict[str, torch.Tensor], num_heads: int | None = None,
+                     source: str = "<state dict>") -> tuple[TrVConfig, int, int]:
+    """(architecture, patch size, pre-training image size) of a state dict already in TrV names (see to_trv_names):
+    width, depth, patch size, SwiGLU width, sub-LN and the position grid come from the tensors. The head count is
+    not stored in a checkpoint: num_heads=None takes head_dim 64, as every EVA-02 / EVA-CLIP tower."""
+    need = ("patch_embed.proj.weight", "pos_embed", "blocks.0.mlp.w1.weight")
+    if any(k not in sd for k in need):
+        raise KeyError(f"{source}: not a TrV / EVA-style vision tower (needs {need}; has {sorted(sd)[:8]} ...)")
+    embed_dim, _, patch, _ = sd["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    n = sd["pos_embed"].shape[1]
+    grid = math.isqrt(n - 1) if math.isqrt(n - 1) ** 2 == n - 1 else math.isqrt(n)
+    cfg = TrVConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads or max(1, embed_dim // 64),
+                    mlp_hidden=sd["blocks.0.mlp.w1.weight"].shape[0], sub_ln="blocks.0.mlp.ffn_ln.weight" in sd)
+    return cfg, patch, grid * patch
 
 
 def resize_patch_kernel(w: torch.Tensor, size: int, method: str = "bicubic") -> torch.Tensor:

@@ -16,20 +16,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.backbone import PRESETS, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic
-from eva02.backbone.checkpoint import LoadReport, to_trv_names, unwrap_state_dict
+from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic
+from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names, unwrap_state_dict
 
 
-def infer_preset(state: dict) -> tuple[str, int]:
-    """(preset name, depth) from a converted state dict's widths and block count."""
-    if "pos_embed" not in state:
-        raise KeyError("no 'pos_embed' in the checkpoint: it does not look like an EVA-02 backbone")
-    width = state["pos_embed"].shape[-1]
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    for name, cfg in PRESETS.items():
-        if cfg.embed_dim == width:
-            return name, depth
-    raise ValueError(f"embed dim {width} matches no EVA-02 preset ({ {n: c.embed_dim for n, c in PRESETS.items()} })")
+def infer_preset(state: dict) -> tuple[str, TrVConfig]:
+    """(preset name, architecture) of a converted state dict: the preset of its width."""
+    cfg, _, _ = infer_trv_config(state)
+    for name, preset in PRESETS.items():
+        if preset.embed_dim == cfg.embed_dim:
+            return name, cfg
+    raise ValueError(f"embed dim {cfg.embed_dim} matches no EVA-02 preset "
+                     f"({ {n: c.embed_dim for n, c in PRESETS.items()} })")
 
 
 def main(argv=None) -> int:
@@ -58,8 +56,8 @@ def main(argv=None) -> int:
         return 0
 
     state = to_trv_names(unwrap_state_dict(raw, args.use_ema, args.input, LoadReport()), LoadReport())
-    name, depth = infer_preset(state)
-    sub_ln = any(".mlp.ffn_ln." in k for k in state)
+    name, cfg = infer_preset(state)
+    depth, sub_ln = cfg.depth, cfg.sub_ln
     model = create_trv(name, depth=depth, patch_size=args.patch_size, img_size=args.img_size, sub_ln=sub_ln,
                        with_cls_token=True, with_mask_token=True)
     report = load_checkpoint(model, state, patch_resize=args.patch_resize)

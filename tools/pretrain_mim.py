@@ -30,9 +30,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from eva02.backbone.mim import (CHECKPOINT_NAME, LOG_NAME, RECIPES, PretrainConfig, export_official, pretrain,
-                                write_demo_images, write_random_teacher)
-from eva02.backbone.masking import DEFAULT_MASK_RATIO
+from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, export_official, pretrain
+from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
+from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME
 
 # --demo: a CPU-sized run (EVA-02-Ti at 112 px against a random 2-block teacher, 36 steps).
 DEMO = dict(model="eva02_Ti", input_size=112, batch_size=8, epochs=3, lr=1e-3, warmup_epochs=0.5,

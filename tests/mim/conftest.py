@@ -1,7 +1,7 @@
 """Fixtures for the MIM tests: procedural images and a small random frozen teacher, made here (nothing downloaded)."""
 import pytest
 
-from eva02.backbone.mim import write_demo_images, write_random_teacher
+from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eva02.backbone.masking import BlockMaskGenerator
+from eva02.backbone.mim import BlockMaskGenerator
 
 OFFICIAL = json.loads((Path(__file__).parent / "fixtures" / "official_masking_stats.json").read_text())
 N = 4000  # masks drawn here; the official statistics are over 20000

@@ -10,8 +10,8 @@ import torch
 
 from eva02.backbone import create_trv, load_checkpoint, read_state_dict, to_official
 from eva02.backbone.mim import (CLIP_MEAN, CLIP_STD, MIMImageFolder, PretrainConfig, TimmTeacher, TrVTeacher,
-                                build_teacher, cosine_lr, create_mim_student, export_official, mim_loss, pretrain,
-                                write_demo_images)
+                                build_teacher, cosine_lr, create_mim_student, export_official, mim_loss, pretrain)
+from eva02.backbone.mim.demo import write_demo_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A shrunk student for the loop mechanics (resume, CLI); the loss-drop run uses the real EVA-02-Ti.

@@ -1,0 +1,210 @@
+"""The MIM pre-training loop: `pretrain(PretrainConfig)`."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..checkpoint import read_state_dict, save_atomic
+from ..layer_decay import MIM_NO_DECAY, param_groups
+from .data import DEFAULT_MASK_RATIO, MIMImageFolder, epoch_keys
+from .model import create_mim_student, mim_loss
+from .recipe import RECIPES, cosine_lr
+from .teachers import FrozenTeacher, autocast, build_teacher
+
+__all__ = ["PretrainConfig", "pretrain", "CHECKPOINT_NAME", "LOG_NAME"]
+
+log = logging.getLogger("eva02.mim")
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass
+class PretrainConfig:
+    """One pre-training run. None means "from the Table 22 recipe of `model`" (see RECIPES).
+
+    batch_size is per process and micro-step; the effective batch is batch_size * accum_steps * world size,
+    and lr=None scales the recipe lr linearly from the recipe's total batch to it.
+    """
+
+    model: str
+    teacher: str
+    data: str
+    output: str
+    teacher_weights: str | None = None
+    teacher_heads: int | None = None
+    epochs: int = 1
+    max_steps: int | None = None  # stop (and end the cosine) here instead of after `epochs`
+    batch_size: int = 32
+    accum_steps: int = 1
+    lr: float | None = None
+    min_lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    drop_path: float | None = None
+    grad_clip: float | None = None
+    input_size: int = 224
+    mask_ratio: float = DEFAULT_MASK_RATIO
+    amp: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "fp16", "bf16", "none"
+    num_workers: int = 4
+    seed: int = 0
+    save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
+    resume: bool = True  # continue from output/checkpoint.pt when it exists
+    attn_impl: str = "sdpa"
+    use_checkpoint: bool = False
+    arch: dict = field(default_factory=dict)  # TrV architecture overrides (tests: a shrunk student)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    choices = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if amp not in choices:
+        raise ValueError(f"amp must be one of auto, {', '.join(choices)}; got {amp!r}")
+    return choices[amp]
+
+
+def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
+             device: torch.device | str | None = None, teacher: FrozenTeacher | None = None,
+             on_start: Callable[[dict], None] | None = None) -> dict:
+    """Runs (or resumes) MIM pre-training; returns {"step", "history", "checkpoint", "skipped_images"}
+    (unreadable images seen by this process; data-loader workers log theirs).
+
+    Every optimizer step appends {"step", "epoch", "loss", "lr", "grad_norm"} to the history (and to
+    output/log.jsonl on rank 0) and calls on_step with it; on_start gets {"step", "total_steps",
+    "steps_per_epoch", "images", "effective_batch", "lr"} once set up. `teacher` replaces the one cfg.teacher
+    names (any FrozenTeacher, e.g. a wrapper around another CLIP implementation). Under torchrun, call
+    torch.distributed init_process_group first: the student is wrapped in DDP, each rank reads its own share.
+    """
+    if cfg.model not in RECIPES:
+        raise KeyError(f"unknown model {cfg.model!r}; choose from {sorted(RECIPES)}")
+    rank, world = _dist_info()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    recipe = RECIPES[cfg.model]
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    grad_clip = recipe.grad_clip if cfg.grad_clip is None else cfg.grad_clip
+
+    dataset = MIMImageFolder(cfg.data, cfg.input_size, 14, recipe.crop_scale, cfg.mask_ratio, seed=cfg.seed)
+    micro_per_step = cfg.batch_size * cfg.accum_steps
+    steps_per_epoch = (len(dataset) // world) // micro_per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} images in {cfg.data} are fewer than one optimizer step needs "
+                         f"(batch {cfg.batch_size} x accum {cfg.accum_steps} x {world} processes)")
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    warmup_steps = round((recipe.warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs) * steps_per_epoch)
+    effective_batch = micro_per_step * world
+    base_lr = cfg.lr if cfg.lr is not None else recipe.lr * effective_batch / recipe.batch_size
+    min_lr = recipe.min_lr if cfg.min_lr is None else cfg.min_lr
+    min_lr = min(min_lr, base_lr)
+
+    if teacher is None:
+        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_heads)
+    teacher = teacher.to(device)
+    grid = (cfg.input_size // 14,) * 2
+    probe = teacher(torch.zeros(1, 3, cfg.input_size, cfg.input_size, device=device), grid, amp_dtype)
+    torch.manual_seed(cfg.seed)  # same initial student on every rank
+    student = create_mim_student(
+        cfg.model, probe.shape[-1], img_size=cfg.input_size, attn_impl=cfg.attn_impl,
+        use_checkpoint=cfg.use_checkpoint,
+        drop_path_rate=recipe.drop_path if cfg.drop_path is None else cfg.drop_path, **cfg.arch,
+    ).to(device)
+    groups = param_groups(student.named_parameters(), base_lr,
+                          recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+                          student.encoder.cfg.depth, 1.0, no_decay=MIM_NO_DECAY)
+    optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=recipe.betas, eps=recipe.eps)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    ckpt_path = os.path.join(cfg.output, CHECKPOINT_NAME)
+    log_path = os.path.join(cfg.output, LOG_NAME)
+    step, history = 0, []
+    if cfg.resume and os.path.isfile(ckpt_path):
+        ckpt = read_state_dict(ckpt_path)
+        if ckpt["config"]["model"] != cfg.model:
+            raise ValueError(f"{ckpt_path} is a {ckpt['config']['model']} run, not {cfg.model}; use another --output")
+        student.load_state_dict(ckpt["student"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, history = ckpt["step"], list(ckpt["history"])
+        log.info("resumed %s at step %d", ckpt_path, step)
+    if rank == 0:  # the log is rewritten from the checkpoint's history: steps after the last save are redone
+        os.makedirs(cfg.output, exist_ok=True)
+        with open(log_path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    log.info("MIM %s: %d images, %d steps/epoch, %d steps, effective batch %d, lr %.3g, amp %s, teacher %s",
+             cfg.model, len(dataset), steps_per_epoch, total_steps, effective_batch, base_lr, amp_dtype, cfg.teacher)
+
+    if on_start is not None:
+        on_start({"step": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                  "images": len(dataset), "effective_batch": effective_batch, "lr": base_lr})
+    model = student
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
+
+    def save():
+        if rank == 0:
+            save_atomic({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "step": step, "history": history, "config": asdict(cfg)},
+                        ckpt_path)
+
+    model.train()
+    while step < total_steps:
+        epoch, start = divmod(step, steps_per_epoch)
+        keys = epoch_keys(len(dataset), epoch, cfg.seed, rank, world)
+        keys = keys[start * micro_per_step: steps_per_epoch * micro_per_step]  # resume mid-epoch
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=keys, drop_last=True,
+                                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        batches = iter(loader)
+        for _ in range(start, steps_per_epoch):
+            if step >= total_steps:
+                break
+            lr = cosine_lr(step, total_steps, warmup_steps, base_lr, min_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.accum_steps):
+                images, mask = next(batches)
+                images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                targets = teacher(images, grid, amp_dtype)
+                last = micro == cfg.accum_steps - 1
+                sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, amp_dtype):
+                        loss = mim_loss(model(images, mask), targets, mask)
+                    scaler.scale(loss / cfg.accum_steps).backward()
+                loss_sum += loss.detach()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            loss_value = loss_sum.item() / (cfg.accum_steps * world)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"MIM loss is {loss_value} at step {step}; the last good state is {ckpt_path}")
+            step += 1
+            record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+            history.append(record)
+            if rank == 0:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if on_step is not None:
+                on_step(record)
+            if step % cfg.save_every == 0 or step == total_steps:
+                save()
+    return {"step": step, "history": history, "checkpoint": ckpt_path, "skipped_images": sorted(dataset.bad)}
