@@ -12,7 +12,7 @@ setup(
     description="EVA-02 (TrV) for dense prediction: detectron2 detection, mmseg segmentation, MIM pre-training",
     python_requires=">=3.10",
     # `eva02` itself is an implicit namespace package: only the three mapped folders exist.
-    packages=["eva02.backbone", "eva02.det", "eva02.seg"],
+    packages=["eva02.backbone", "eva02.backbone.mim", "eva02.det", "eva02.seg"],
     package_dir={"eva02.backbone": "backbone", "eva02.det": "det", "eva02.seg": "seg"},
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
