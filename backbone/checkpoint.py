@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .trv import TrV, TrVConfig
 
 __all__ = [
-    "LoadReport", "atomic_write", "infer_trv_config", "load_checkpoint", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
+    "LoadReport", "atomic_write", "infer_trv_config", "load_checkpoint", "read_weights", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
     "to_trv_names", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
@@ -128,6 +128,14 @@ def unwrap_state_dict(obj: dict, use_ema: bool, source: str, report: LoadReport)
     if not tensors:
         raise ValueError(f"{source}: no tensors found (top-level keys: {sorted(obj)[:10]})")
     return tensors
+
+
+def read_weights(checkpoint: str | os.PathLike | dict, weights_only: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """The flat {name: tensor} weights of a checkpoint file or loaded dict (unwrapped from `module` / `model` /
+    `state_dict`), and the name errors should give it (the file, or "<state dict>")."""
+    source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
+    obj = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint, weights_only)
+    return unwrap_state_dict(obj, False, source, LoadReport()), source
 
 
 def _is_packed_fc1(sd: dict[str, torch.Tensor], key: str) -> bool:

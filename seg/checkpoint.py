@@ -16,8 +16,8 @@ import os
 import torch
 from torch import nn
 
-from eva02.backbone import LoadReport, load_checkpoint, read_state_dict
-from eva02.backbone.checkpoint import unwrap_state_dict
+from eva02.backbone import LoadReport, load_checkpoint
+from eva02.backbone.checkpoint import read_weights
 
 __all__ = ["OFFICIAL_PYRAMID", "IncompleteCheckpointError", "rename_official_pyramid", "load_backbone_weights",
            "load_segmentor_checkpoint"]
@@ -54,17 +54,12 @@ def _check_complete(source: str, missing: list[str], unused: list[str], opt_out:
                                         f"If the partial load is intended, {opt_out}.")
 
 
-def _read(path: str | os.PathLike, weights_only: bool) -> tuple[dict[str, torch.Tensor], str]:
-    source = os.fspath(path)
-    return unwrap_state_dict(read_state_dict(source, weights_only), False, source, LoadReport()), source
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_only: bool = True,
                           strict: bool = True) -> LoadReport:
     """Load a backbone (`EVA02`) from any TrV layout, or from a whole segmentor checkpoint (ours or official),
     whose pyramid is then loaded too. With `strict`, a TrV weight left unloaded, a TrV-looking checkpoint key
     the model lacks, or a pyramid left half loaded is an error (IncompleteCheckpointError)."""
-    sd, source = _read(path, weights_only)
+    sd, source = read_weights(path, weights_only)
     sd = rename_official_pyramid(sd, "backbone." if any(k.startswith("backbone.") for k in sd) else "")
     report = load_checkpoint(backbone, sd, source=source)
     # A backbone-only checkpoint (MIM, p14to16) has no pyramid: it starts fresh, as in every official run.
@@ -80,7 +75,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike, weights
     """Load a whole segmentor (backbone, pyramid, decode and auxiliary heads) from our checkpoint or an official
     EVA-02 one. With `strict`, any model weight left unloaded or checkpoint tensor unused is an error naming them
     (RoPE buffers are derived and never count). Returns a one-paragraph summary for the log."""
-    sd, source = _read(path, weights_only)
+    sd, source = read_weights(path, weights_only)
     sd = rename_official_pyramid(sd, "backbone.")
     backbone_sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
     report = load_checkpoint(model.backbone, backbone_sd, source=source)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, resize_pos_embed,
-                          save_atomic, to_official, unwrap_state_dict)
+from ..checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, read_weights,
+                          resize_pos_embed, save_atomic, to_official)
 from ..rope import rope_table
 from ..trv import TrV, create_trv
 
@@ -47,9 +47,7 @@ class MIMStudent(nn.Module):
     def load_official(self, checkpoint: str | os.PathLike | dict, weights_only: bool = True) -> LoadReport:
         """Load an official MIM checkpoint (any size's layout, `module`-wrapped or not; or our own export) into the
         encoder, `norm` and `lm_head`; a weight left unloaded or a backbone key that fits nowhere is an error."""
-        source = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "<state dict>"
-        obj = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint, weights_only)
-        flat = unwrap_state_dict(obj, False, source, LoadReport())
+        flat, source = read_weights(checkpoint, weights_only)
         report = load_checkpoint(self.encoder, flat, source=source)
         missing = list(report.missing)
         for name in ("norm", "lm_head"):

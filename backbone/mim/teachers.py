@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import LoadReport, infer_trv_config, load_checkpoint, read_state_dict, to_trv_names, unwrap_state_dict
+from ..checkpoint import LoadReport, infer_trv_config, load_checkpoint, read_weights, to_trv_names
 from ..trv import TrV
 from .recipe import CLIP_MEAN, CLIP_STD
 
@@ -95,8 +95,7 @@ class TrVTeacher(FrozenTeacher):
     def from_checkpoint(cls, path: str | os.PathLike, num_heads: int | None = None,
                         weights_only: bool = True) -> "TrVTeacher":
         """Loads any layout load_checkpoint reads, and EVA-CLIP files (tower under `visual.`)."""
-        source = os.fspath(path)
-        flat = unwrap_state_dict(read_state_dict(path, weights_only), False, source, LoadReport())
+        flat, source = read_weights(path, weights_only)
         if any(k.startswith("visual.blocks.") for k in flat):
             flat = {k[len("visual."):]: v for k, v in flat.items() if k.startswith("visual.")}
         sd = to_trv_names(flat, LoadReport())
@@ -142,9 +141,8 @@ class TimmTeacher(FrozenTeacher):
                  project: bool | None = None, **create_kwargs):
         import timm
 
-        source = os.fspath(weights)
         model = timm.create_model(name, pretrained=False, **create_kwargs)
-        sd = unwrap_state_dict(read_state_dict(weights, weights_only), False, source, LoadReport())
+        sd, source = read_weights(weights, weights_only)
         family_converter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         if family_converter is not None:
             sd = family_converter(sd, model)
