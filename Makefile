@@ -25,9 +25,9 @@ test-all: install
 # annotated photo, then the segmentation demo.
 demo: install
 	$(PY) tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
-	$(PY) -m eva02.det.evaluation --output output/voc_photo_eval
-	$(PY) tools/train_seg.py configs/demo/eva02_Ti_seg.py --work-dir output/demo/seg
-	$(PY) tools/infer_seg.py configs/demo/eva02_Ti_seg.py "$$(cat output/demo/seg/last_checkpoint)" \
+	$(PY) tools/check_det_eval.py --output output/voc_photo_eval
+	$(PY) tools/train_seg.py --config-file configs/demo/eva02_Ti_seg.py --output output/demo/seg
+	$(PY) tools/infer_seg.py --config-file configs/demo/eva02_Ti_seg.py --weights "$$(cat output/demo/seg/last_checkpoint)" \
 	    --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
 
 # Smaller demos: backbone PCA picture of a real photo; MIM pre-training of EVA-02-Ti against a random teacher.

@@ -21,17 +21,19 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .trv import TrV, TrVConfig
 
 __all__ = [
     "LoadReport", "atomic_write", "infer_trv_config", "load_checkpoint", "read_weights", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
-    "to_trv_names", "unwrap_state_dict",
+    "to_trv_names", "unwrap_model", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
 
 # Prefixes under which a backbone sits inside a larger model, longest first.
-BACKBONE_PREFIXES = ("backbone.net.", "backbone.", "encoder.", "student.")
+# Wrappers a TrV sits in: detector, segmentor, MIM student, EVA-CLIP image tower (`visual.`).
+BACKBONE_PREFIXES = ("backbone.net.", "backbone.", "encoder.", "student.", "visual.")
 # The keys a TrV owns once converted (anything else in a backbone checkpoint is not ours).
 _OWN = re.compile(r"^(patch_embed\.proj\.(weight|bias)|pos_embed|cls_token|mask_token|blocks\.\d+\..+)$")
 _DERIVED = re.compile(r"(^|\.)rope(_win|_glb)?\.|(^|\.)rope_(win|glb)$|freqs_(cos|sin)$")
@@ -128,6 +130,11 @@ def unwrap_state_dict(obj: dict, use_ema: bool, source: str, report: LoadReport)
     if not tensors:
         raise ValueError(f"{source}: no tensors found (top-level keys: {sorted(obj)[:10]})")
     return tensors
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers (whose state-dict keys carry `module.`)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
 def read_weights(checkpoint: str | os.PathLike | dict, weights_only: bool = True) -> tuple[dict[str, torch.Tensor], str]:

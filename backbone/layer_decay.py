@@ -29,6 +29,7 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def lr_scale(name: str, depth: int, rate: float) -> float:
+    """Layer-wise lr decay factor of a parameter: rate ** (depth + 1 - layer id); the head's is 1."""
     return rate ** (depth + 1 - layer_id(name, depth))
 
 
@@ -69,9 +70,10 @@ def param_groups(
             continue
         lid = layer_id(name, depth)
         decay = not (no_decay and no_decay(name, p))
+        scale = lr_scale(name, depth, rate)
         g = groups.setdefault((lid, decay), {
-            "params": [], "param_names": [], "layer_id": lid, "lr_scale": rate ** (depth + 1 - lid),
-            "lr": lr * rate ** (depth + 1 - lid), "weight_decay": weight_decay if decay else 0.0,
+            "params": [], "param_names": [], "layer_id": lid, "lr_scale": scale, "lr": lr * scale,
+            "weight_decay": weight_decay if decay else 0.0,
         })
         g["params"].append(p)
         g["param_names"].append(name)

@@ -12,36 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
 from eva02.backbone import create_trv
 from eva02.backbone.flops import count_flops
-
-
-def timed(fn, iters: int, device: str) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
-def peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+from timing import peak_memory_mb, timed  # bench/timing.py: the script's folder is on sys.path
 
 
 def build_224(kind: str, variant: str, device: str):

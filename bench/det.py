@@ -18,26 +18,18 @@ Usage: python bench/det.py [--iters 2] [--size N] [--configs CFG ...] [--score-t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from timing import peak_memory_mb, timed  # bench/timing.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("configs/coco/eva02_L_sys.py", "configs/coco/eva02_L_bsl.py")
 ATTN_IMPLS = ("sdpa", "math")
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _bench_helpers():
-    """timed() and peak_memory_mb() of bench/backbone.py (bench/ is not a package: load it by path)."""
-    spec = importlib.util.spec_from_file_location("bench_backbone", ROOT / "bench/backbone.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.timed, module.peak_memory_mb
 
 
 def run_case(config: str, attn_impl: str, args) -> dict:
@@ -47,7 +39,6 @@ def run_case(config: str, attn_impl: str, args) -> dict:
 
     from eva02.det.config import set_input_size
 
-    timed, peak_memory_mb = _bench_helpers()
     cfg = LazyConfig.load(str(ROOT / config) if not Path(config).is_absolute() else config)
     cfg.model.backbone.net.attn_impl = attn_impl
     for predictor in cfg.model.roi_heads.box_predictors:

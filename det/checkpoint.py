@@ -19,9 +19,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
-from eva02.backbone.checkpoint import LoadReport, atomic_write, save_atomic, to_trv_names
+from eva02.backbone.checkpoint import LoadReport, atomic_write, save_atomic, to_trv_names, unwrap_model
 
-from .ema import unwrap_model
 
 __all__ = ["EVACheckpointer", "convert_detector_state", "load_detector_weights"]
 

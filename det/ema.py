@@ -11,12 +11,9 @@ import contextlib
 import torch
 from torch import nn
 
-__all__ = ["ModelEMA", "unwrap_model"]
+from eva02.backbone.checkpoint import unwrap_model
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+__all__ = ["ModelEMA"]
 
 
 class ModelEMA:

@@ -6,19 +6,16 @@ sampled with weight image_count ** 0.5, using the LVIS v1 per-class image counts
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from detectron2.evaluation import LVISEvaluator
+from detectron2.evaluation import LVISEvaluator as D2LVISEvaluator
 
-# lvis 0.5.3's LVISEval still calls np.float, removed in numpy 2 (lvis/eval.py line 361); the builtin float is
-# what it meant. Set here, once, before any LVIS evaluation can run (every LVIS config imports this module).
-if not hasattr(np, "float"):
-    np.float = float
-
-__all__ = ["FedLossClassWeights", "LVISEvaluator", "repeat_factor_sampler", "NUM_LVIS_CLASSES"]
+__all__ = ["FedLossClassWeights", "LVISEvaluator", "repeat_factor_sampler", "numpy_float_alias", "NUM_LVIS_CLASSES"]
 
 NUM_LVIS_CLASSES = len(LVIS_CATEGORY_IMAGE_COUNT)  # 1203
 
@@ -39,3 +36,25 @@ def repeat_factor_sampler(repeat_thresh: float = 0.001, dataset: str = "${datalo
     return L(RepeatFactorTrainingSampler)(
         repeat_factors=L(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency)(
             dataset_dicts=dataset, repeat_thresh=repeat_thresh))
+
+
+@contextmanager
+def numpy_float_alias():
+    """`np.float` as the builtin float while the block runs, removed again after: lvis 0.5.3's LVISEval still
+    calls np.float (lvis/eval.py line 361), which numpy 2 removed. Nothing outside the block sees it."""
+    added = not hasattr(np, "float")
+    if added:
+        np.float = float
+    try:
+        yield
+    finally:
+        if added:
+            del np.float
+
+
+class LVISEvaluator(D2LVISEvaluator):
+    """detectron2's LVISEvaluator, evaluating under numpy_float_alias so lvis's LVISEval runs on numpy 2."""
+
+    def evaluate(self):
+        with numpy_float_alias():
+            return super().evaluate()

@@ -9,8 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from eva02.backbone import param_groups
-
-from .ema import unwrap_model
+from eva02.backbone.checkpoint import unwrap_model
 
 __all__ = ["layer_decay_param_groups"]
 

@@ -1,21 +1,22 @@
 """eva02.seg: the TrV on mmsegmentation (UperNet, Mask2Former) without a fork of mmseg.
 
-Importing this package registers, in mmseg / mmengine registries:
+Importing this package registers, in mmseg / mmengine registries (adding names, replacing none):
   - `EVA02` (mmseg MODELS): the TrV backbone with the official 4-level pyramid (backbone.py);
   - `LayerDecayOptimWrapperConstructor` (mmengine OPTIM_WRAPPER_CONSTRUCTORS): layer-wise lr decay (optim.py);
   - `CropAwareEncoderDecoder` (mmseg MODELS): slide inference that works for Mask2Former (segmentor.py);
-  - `WeightsOnlyCheckpointHook` (mmseg HOOKS): checkpoints that torch loads with weights_only=True (hooks.py);
+  - `WeightsOnlyCheckpointHook` (mmseg HOOKS) and the file backend `atomic_local`: checkpoints that torch loads
+    with weights_only=True, written atomically (hooks.py);
   - `CPUDistributedDataParallel` (mmengine MODEL_WRAPPERS): DDP on CPU with gloo (cpu_ddp.py);
-  - `CheckedADE20KDataset`, `CheckedCOCOStuffDataset`, `ShapesDataset` (mmseg DATASETS) (datasets.py);
+  - `CheckedADE20KDataset`, `CheckedCOCOStuffDataset` (mmseg DATASETS) (datasets.py);
   - `ShortSideResize` (mmseg TRANSFORMS): the official multi-scale test resize (transforms.py).
 Loading checkpoints, the official release's included: `load_segmentor_checkpoint`, `load_backbone_weights`.
-Configs name it in `custom_imports = dict(imports=["eva02.seg"])`.
+Configs name it in `custom_imports = dict(imports=["eva02.seg"])`; the demo's generated data and its
+`ShapesDataset` are in eva02.seg.demo.
 """
 from .backbone import EVA02
 from .checkpoint import IncompleteCheckpointError, load_backbone_weights, load_segmentor_checkpoint
 from .cpu_ddp import CPUDistributedDataParallel
-from .datasets import CheckedADE20KDataset, CheckedCOCOStuffDataset, ShapesDataset
-from .demo_data import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
+from .datasets import CheckedADE20KDataset, CheckedCOCOStuffDataset
 from .hooks import WeightsOnlyCheckpointHook
 from .optim import LayerDecayOptimWrapperConstructor, fp32_without_gpu
 from .segmentor import CropAwareEncoderDecoder
@@ -23,7 +24,6 @@ from .transforms import ShortSideResize
 
 __all__ = [
     "EVA02", "CropAwareEncoderDecoder", "LayerDecayOptimWrapperConstructor", "WeightsOnlyCheckpointHook",
-    "CPUDistributedDataParallel", "CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShapesDataset",
-    "SHAPES_CLASSES", "SHAPES_PALETTE", "make_shapes_dataset",
-    "ShortSideResize", "fp32_without_gpu", "IncompleteCheckpointError", "load_backbone_weights", "load_segmentor_checkpoint",
+    "CPUDistributedDataParallel", "CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShortSideResize",
+    "fp32_without_gpu", "IncompleteCheckpointError", "load_backbone_weights", "load_segmentor_checkpoint",
 ]

@@ -11,16 +11,14 @@ import os
 import cv2
 import numpy as np
 from mmengine.logging import print_log
-from mmseg.datasets import ADE20KDataset, BaseSegDataset, COCOStuffDataset
+from mmseg.datasets import ADE20KDataset, COCOStuffDataset
 from mmseg.registry import DATASETS
 from tqdm import tqdm
 
-from .demo_data import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_dataset
-
-__all__ = ["CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShapesDataset"]
+__all__ = ["LayoutCheck", "CheckedADE20KDataset", "CheckedCOCOStuffDataset"]
 
 
-class _LayoutCheck:
+class LayoutCheck:
     """Mixin: before scanning, make sure the image and label folders exist and hold images.
 
     check_images=True (meant for evaluation sets) also decodes every image and label map once when the
@@ -78,7 +76,7 @@ def _unreadable(path: str | None) -> str | None:
 
 
 @DATASETS.register_module()
-class CheckedADE20KDataset(_LayoutCheck, ADE20KDataset):
+class CheckedADE20KDataset(LayoutCheck, ADE20KDataset):
     """ADE20K (ADEChallengeData2016), 150 classes, label 0 = other (reduce_zero_label)."""
 
     LAYOUT = ("  images/training/*.jpg          annotations/training/*.png\n"
@@ -86,27 +84,9 @@ class CheckedADE20KDataset(_LayoutCheck, ADE20KDataset):
 
 
 @DATASETS.register_module()
-class CheckedCOCOStuffDataset(_LayoutCheck, COCOStuffDataset):
+class CheckedCOCOStuffDataset(LayoutCheck, COCOStuffDataset):
     """COCO-Stuff-164K, 171 classes, labels converted with mmseg's tools/dataset_converters/coco_stuff164k.py."""
 
     LAYOUT = ("  images/train2017/*.jpg         annotations/train2017/*_labelTrainIds.png\n"
               "  images/val2017/*.jpg           annotations/val2017/*_labelTrainIds.png\n"
               "  (labels from mmseg's tools/dataset_converters/coco_stuff164k.py)")
-
-
-@DATASETS.register_module()
-class ShapesDataset(_LayoutCheck, BaseSegDataset):
-    """The generated demo dataset (eva02.seg.demo_data), ADE layout and label convention.
-
-    generate: keyword arguments of make_shapes_dataset (num_train, num_val, size, seed); when given, the data
-    is written under data_root first unless already there, so the demo needs no download."""
-
-    METAINFO = dict(classes=SHAPES_CLASSES, palette=SHAPES_PALETTE)
-    LAYOUT = CheckedADE20KDataset.LAYOUT
-
-    def __init__(self, generate: dict | None = None, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
-                 reduce_zero_label: bool = True, **kwargs):
-        if generate is not None:
-            make_shapes_dataset(kwargs.get("data_root") or ".", **generate)
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
-                         **kwargs)

@@ -1,5 +1,9 @@
 """Checkpoints that load with torch's weights_only=True (the default since torch 2.6), written atomically.
 
+Atomic writes: the file backend "atomic_local" (AtomicLocalBackend, registered under that name alongside
+mmengine's own backends, replacing none) writes through a temporary file renamed into place. A config turns it
+on where checkpoints are saved: `default_hooks.checkpoint.backend_args = dict(backend="atomic_local")`.
+
 mmengine stores its MessageHub in every checkpoint: smoothed-log HistoryBuffers (pickled with bound methods
 through `getattr`) and numpy scalars. torch refuses to unpickle those by default, so `--resume`, `load_from`
 and mmseg's init_model fail on the runner's own checkpoints. This hook writes the message hub as plain data:
@@ -33,8 +37,7 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(filepath, lambda tmp: Path(tmp).write_text(obj, encoding=encoding))
 
 
-# Replaces mmengine's registration of plain local paths (prefix ''), the backend the runner saves through.
-register_backend("local", AtomicLocalBackend, force=True, prefixes="")
+register_backend("atomic_local", AtomicLocalBackend)
 
 _DROP = object()
 

@@ -7,9 +7,9 @@
   --to eva02    any layout load_checkpoint reads -> this project's layout: {"model": TrV state dict (fused
                 qkv), "arch": {...}}, at the patch size you ask for.
 
-Examples:
-  python tools/convert_checkpoint.py eva02_L_pt_m38m_p14.pt eva02_L_pt_m38m_p14to16.pt --to p14to16
-  python tools/convert_checkpoint.py eva02_L_pt_m38m_p14.pt eva02_L_p16.pth --to eva02 --patch-size 16
+Examples (flags follow eva02.backbone.cli's convention):
+  python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_pt_m38m_p14to16.pt --to p14to16
+  python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_p16.pth --to eva02 --patch-size 16
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 
 from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic
 from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names, unwrap_state_dict
+from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
 
 
 def infer_preset(state: dict) -> tuple[str, TrVConfig]:
@@ -32,15 +33,14 @@ def infer_preset(state: dict) -> tuple[str, TrVConfig]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input")
-    parser.add_argument("output")
+    parser.add_argument("--input", required=True, metavar="PATH", help="the checkpoint to convert")
+    parser.add_argument("--output", required=True, metavar="PATH", help="where the converted checkpoint goes")
+    add_common_args(parser, "unsafe_pickle")
     parser.add_argument("--to", choices=("p14to16", "eva02"), required=True)
     parser.add_argument("--patch-size", type=int, default=16, help="--to eva02: patch size of the result")
     parser.add_argument("--img-size", type=int, default=224, help="pre-training size setting the pos-embed grid")
     parser.add_argument("--patch-resize", choices=("bicubic", "pinv"), default="bicubic")
     parser.add_argument("--use-ema", action="store_true", help="take the weights from 'ema_state'")
-    parser.add_argument("--unsafe-pickle", action="store_true",
-                        help="load with weights_only=False (runs pickled code: trusted files only)")
     args = parser.parse_args(argv)
 
     raw = read_state_dict(args.input, weights_only=not args.unsafe_pickle)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         save_atomic(out, args.output)
         print(f"wrote {args.output}: {len(out)} tensors, patch kernel {tuple(out['patch_embed.proj.weight'].shape)}, "
               f"pos_embed {tuple(out['pos_embed'].shape)}")
-        return 0
+        return EXIT_OK
 
     state = to_trv_names(unwrap_state_dict(raw, args.use_ema, args.input, LoadReport()), LoadReport())
     name, cfg = infer_preset(state)
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     arch = {"preset": name, "depth": depth, "sub_ln": sub_ln, "patch_size": args.patch_size, "img_size": args.img_size}
     save_atomic({"model": state, "arch": arch}, args.output)
     print(f"wrote {args.output}: {name} ({arch})")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

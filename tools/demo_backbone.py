@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from eva02.backbone import create_trv, load_checkpoint, save_atomic
+from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--weights", help="a checkpoint in any layout load_checkpoint reads")
+    add_common_args(parser, "unsafe_pickle")
     parser.add_argument("--size", type=int, default=512, help="input side in pixels (multiple of 16)")
     args = parser.parse_args(argv)
     os.makedirs(args.output, exist_ok=True)
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     if not args.weights:  # round trip: save a freshly initialized model, load it into another
         save_atomic({"model": build().state_dict()}, ckpt)
     model = build()
-    print(f"loading {ckpt}\n{load_checkpoint(model, ckpt)}")
+    print(f"loading {ckpt}\n{load_checkpoint(model, ckpt, weights_only=not args.unsafe_pickle)}")
 
     photo = data.astronaut()
     x = torch.from_numpy(photo).permute(2, 0, 1)[None].float()
@@ -75,8 +77,8 @@ def main(argv=None) -> int:
     out = os.path.join(args.output, "backbone_pca.png")
     fig.savefig(out, dpi=80, bbox_inches="tight")
     print(f"saved {out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_tool(main))

@@ -1,6 +1,6 @@
 """MIM pre-training of an EVA-02 TrV against a frozen teacher, and export to the official weight layouts.
 
-    python tools/pretrain_mim.py --model eva02_B --teacher TEACHER --data IMAGE_FOLDER --output DIR [...]
+    python tools/pretrain_mim.py --model eva02_B --teacher TEACHER --data IMAGE_FOLDER --output DIR [--resume] [...]
     torchrun --nproc_per_node 8 tools/pretrain_mim.py ...          # DDP
     python tools/pretrain_mim.py --model eva02_B --output DIR --export-only   # export the last checkpoint
     python tools/pretrain_mim.py --demo --output output/demo_mim   # embedded default: generated images,
@@ -13,8 +13,8 @@ TEACHER and the targets it gives (official: the CLIP-projected patch features he
   - a checkpoint file of a TrV / EVA02-CLIP-style tower (SwiGLU; any layout eva02.backbone reads): its tokens
     through the `norm` and `head` the file holds. EVA-CLIP towers with a GELU MLP go through timm (above).
 Targets are not re-normalized (the cosine loss ignores their length). Hyper-parameters default to
-the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). Re-running with the same --output
-resumes from DIR/checkpoint.pt. Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
+the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). --resume continues from
+DIR/checkpoint.pt (flags follow eva02.backbone.cli's convention). Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
 DIR/<model>_mim_p14.pt ({"module": ...}, the official MIM layout of the size: Ti/S packed w12 and fused qkv, B/L
 separate, RoPE buffers as the official model registers them) and DIR/<model>_mim_p14to16.pt (detection /
 segmentation init).
@@ -30,6 +30,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
 from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, export_official, pretrain
 from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
     p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
     p.add_argument("--data", help="folder of training images (searched recursively)")
-    p.add_argument("--output", required=True, help="run folder: checkpoint, log, loss curve, exports")
+    add_common_args(p, "output", "amp", "resume", "unsafe_pickle")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
     p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
@@ -59,11 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--mask-ratio", type=float, default=DEFAULT_MASK_RATIO)
-    p.add_argument("--amp", choices=("auto", "fp16", "bf16", "none"), default="auto")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500, help="optimizer steps between checkpoints")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUTPUT/checkpoint.pt exists")
     p.add_argument("--attn-impl", choices=("sdpa", "math", "xformers"), default="sdpa")
     p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
     p.add_argument("--arch", nargs="*", default=[], metavar="KEY=INT",
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
         ckpt = os.path.join(args.output, CHECKPOINT_NAME)
         for path in export_official(ckpt, args.output, stem):
             print(f"wrote {path}")
-        return 0
+        return EXIT_OK
 
     device = init_distributed()
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -144,8 +143,9 @@ def main(argv=None) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr,
         min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         drop_path=args.drop_path, grad_clip=args.grad_clip, input_size=args.input_size, mask_ratio=args.mask_ratio,
-        amp=args.amp, num_workers=args.workers, seed=args.seed, save_every=args.save_every,
-        resume=not args.no_resume, attn_impl=args.attn_impl, use_checkpoint=args.use_checkpoint, arch=args.arch,
+        amp={None: "auto", "off": "none"}.get(args.amp, args.amp), num_workers=args.workers, seed=args.seed,
+        save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
+        use_checkpoint=args.use_checkpoint, arch=args.arch,
     )
     bar = None
 
@@ -183,8 +183,8 @@ def main(argv=None) -> int:
                        "skipped_images": result["skipped_images"]}, f, indent=1)
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main))

@@ -2,36 +2,77 @@
 """Train or evaluate an EVA-02 detector from a LazyConfig (detectron2 conventions).
 
     python tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
-    python tools/train_det.py --config-file configs/coco/eva02_L_sys.py --num-gpus 8
-    python tools/train_det.py --config-file configs/coco/eva02_L_sys.py --eval-only \
-        train.init_checkpoint=eva02_L_coco_sys.pth
+    python tools/train_det.py --config-file configs/coco/eva02_L_sys.py --num-gpus 8     # or torchrun
+    python tools/train_det.py --config-file configs/coco/eva02_L_sys.py --eval-only --weights eva02_L_coco_sys.pth
     # COCO test-dev: results json + zip for the evaluation server
-    python tools/train_det.py --config-file configs/coco/eva02_L_sys_o365.py --eval-only \
-        train.init_checkpoint=W.pth dataloader.test.dataset.names=coco_2017_test-dev train.results_dir=out/testdev
+    python tools/train_det.py --config-file configs/coco/eva02_L_sys_o365.py --eval-only --weights W.pth \
+        dataloader.test.dataset.names=coco_2017_test-dev train.results_dir=out/testdev
 
-Flags: --eval-only, --resume (continue at the last saved iteration of train.output_dir), --num-gpus N
-(processes per machine; gloo on the CPU), --num-machines M, --machine-rank R, --dist-url U, then key=value
-config overrides. Runs on the CPU when no GPU exists.
+Flags (eva02.backbone.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
+--device, --amp fp16|bf16|off (train.amp), --resume (continue at the last saved iteration of the output folder),
+--unsafe-pickle (train.init_weights_only=False), --eval-only, then KEY=VALUE LazyConfig overrides.
+Multi-process: `torchrun --nproc_per_node N tools/train_det.py ...`, or detectron2's own --num-gpus N
+(--num-machines, --machine-rank, --dist-url); gloo on the CPU. Runs on the CPU when no GPU exists.
 """
 import os
+import sys
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other processes, spinning threads
 # slowed a detector step ~10x here (2 cores). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from detectron2.config import LazyConfig  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 
+from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool, world_size  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 
+AMP = {"fp16": dict(enabled=True, precision="float16"), "bf16": dict(enabled=True, precision="bfloat16"),
+       "off": dict(enabled=False)}
 
-def main(args):
+
+def parse_args(argv=None):
+    parser = default_argument_parser(__doc__)
+    add_common_args(parser, "amp", "unsafe_pickle")
+    parser.add_argument("--output", metavar="DIR", help="train.output_dir: checkpoints, logs, results")
+    parser.add_argument("--weights", metavar="PATH", help="train.init_checkpoint: weights to start from / evaluate")
+    parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
+    return parser.parse_args(argv)
+
+
+def load_config(args):
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    flags = dict(output_dir=args.output, init_checkpoint=args.weights, device=args.device)
+    cfg.train.update({key: value for key, value in flags.items() if value is not None})
+    if args.amp:
+        cfg.train.amp.update(AMP[args.amp])
+    if args.unsafe_pickle:
+        cfg.train.init_weights_only = False
+    return cfg
+
+
+def main(args) -> int:
+    cfg = load_config(args)
     default_setup(cfg, args)
     run(cfg, eval_only=args.eval_only, resume=args.resume)
+    return EXIT_OK
+
+
+def launch_main(argv=None) -> int:
+    args = parse_args(argv)
+    if world_size() > 1:  # under torchrun: one process of many, already started
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        comm.create_local_process_group(int(os.environ["LOCAL_WORLD_SIZE"]))
+        return main(args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    sys.exit(run_tool(launch_main))

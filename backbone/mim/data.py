@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cli import IMAGE_EXTENSIONS
 from .recipe import CLIP_MEAN, CLIP_STD
 
 __all__ = ["DEFAULT_MASK_RATIO", "BlockMaskGenerator", "MaskBlock", "IMAGE_EXTENSIONS", "MIMImageFolder",
@@ -116,7 +117,6 @@ class BlockMaskGenerator:
 
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], rng: random.Random,

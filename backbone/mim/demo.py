@@ -7,34 +7,24 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_atomic, to_official
+from ..demo import draw_scene
 from ..trv import create_trv
 
 __all__ = ["write_demo_images", "write_random_teacher"]
 
 
 def write_demo_images(folder: str | os.PathLike, count: int, size: int = 64, seed: int = 0) -> list[str]:
-    """Writes `count` procedural PNGs (smooth colour waves with random rectangles and discs): the embedded
-    default data of the demo and the tests, structured enough for a teacher's features to vary with it."""
+    """Writes `count` PNGs of the generated shapes (eva02.backbone.demo): the embedded default data of the demo
+    and the tests, structured enough for a teacher's features to vary with it."""
+    import numpy as np
     from PIL import Image
 
     os.makedirs(folder, exist_ok=True)
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size) / size, torch.arange(size) / size, indexing="ij")
+    rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
-        freq, phase = torch.rand(3, 2, generator=g) * 6 - 3, torch.rand(3, generator=g) * 6
-        img = torch.stack([0.5 + 0.5 * torch.sin(f[0] * xx + f[1] * yy + p) for f, p in zip(freq, phase)], -1)
-        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
-            colour = torch.rand(3, generator=g)
-            x0, y0 = (torch.rand(2, generator=g) * 0.8).tolist()
-            r = float(torch.rand(1, generator=g)) * 0.22 + 0.08
-            if torch.rand(1, generator=g) < 0.5:
-                shape = (xx >= x0) & (xx < x0 + r) & (yy >= y0) & (yy < y0 + r)
-            else:
-                shape = (xx - x0) ** 2 + (yy - y0) ** 2 < r * r
-            img[shape] = colour
         path = os.path.join(folder, f"img_{i:04d}.png")
-        Image.fromarray((img * 255).to(torch.uint8).numpy()).save(path)
+        Image.fromarray(draw_scene(rng, size)[0]).save(path)
         paths.append(path)
     return paths
 

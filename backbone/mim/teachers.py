@@ -94,10 +94,8 @@ class TrVTeacher(FrozenTeacher):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, num_heads: int | None = None,
                         weights_only: bool = True) -> "TrVTeacher":
-        """Loads any layout load_checkpoint reads, and EVA-CLIP files (tower under `visual.`)."""
+        """Loads any layout load_checkpoint reads, EVA-CLIP files (tower under `visual.`) included."""
         flat, source = read_weights(path, weights_only)
-        if any(k.startswith("visual.blocks.") for k in flat):
-            flat = {k[len("visual."):]: v for k, v in flat.items() if k.startswith("visual.")}
         sd = to_trv_names(flat, LoadReport())
         if "blocks.0.mlp.fc1.weight" in sd:
             raise KeyError(f"{source}: an EVA-CLIP tower with a GELU MLP (fc1 / fc2), e.g. EVA-CLIP-g, is not a TrV: "

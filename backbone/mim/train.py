@@ -58,6 +58,7 @@ class PretrainConfig:
     seed: int = 0
     save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
     resume: bool = True  # continue from output/checkpoint.pt when it exists
+    weights_only: bool = True  # read the teacher's file with torch's weights_only (False: trusted files only)
     attn_impl: str = "sdpa"
     use_checkpoint: bool = False
     arch: dict = field(default_factory=dict)  # TrV architecture overrides (tests: a shrunk student)
@@ -112,7 +113,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     min_lr = min(min_lr, base_lr)
 
     if teacher is None:
-        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_heads)
+        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_heads, cfg.weights_only)
     teacher = teacher.to(device)
     grid = (cfg.input_size // 14,) * 2
     probe = teacher(torch.zeros(1, 3, cfg.input_size, cfg.input_size, device=device), grid, amp_dtype)

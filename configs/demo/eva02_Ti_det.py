@@ -2,14 +2,15 @@
 
     .venv/bin/python tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
 
-Generates the data (circles / squares / triangles with polygon masks) under output/demo_det/data on first use,
+Generates the data (disks, squares, triangles and crosses with polygon masks, eva02.backbone.demo) under output/demo_det/data on first use,
 trains for a few minutes on 2 CPU cores, evaluates box and mask AP with COCOEvaluator and draws predictions of
 the validation images into output/demo_det/predictions/. Not a paper config: values are tuned for the demo.
 """
 from detectron2.config import LazyCall as L
 
 from eva02.det.config import set_head_width, set_input_size, step_schedule
-from eva02.det.data import prepare_shapes
+from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.det.demo import prepare_shapes
 
 from ..common.eva02_cascade_mask_rcnn import dataloader, model, optimizer, train
 
@@ -34,7 +35,7 @@ set_head_width(model, channels=64, fc_dim=256)  # CPU budget: the paper's 256 / 
 for _head in model.roi_heads.box_heads:
     _head.update(conv_dims=[], fc_dims=[256, 256])  # 2fc box heads: the 4-conv ones dominate a CPU step
 model.roi_heads.mask_head.conv_dims = [64, 64]
-model.roi_heads.num_classes = 3
+model.roi_heads.num_classes = len(SHAPE_CLASSES)
 # Few objects per image: fewer proposals and sampled RoIs keep a CPU step short.
 model.proposal_generator.update(pre_nms_topk=(600, 300), post_nms_topk=(300, 100))
 model.roi_heads.batch_size_per_image = 64

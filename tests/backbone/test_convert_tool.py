@@ -25,7 +25,7 @@ def _run(*args):
 
 def test_p14_to_p14to16_then_into_detection_backbone(tmp_path):
     _official_mim(tmp_path / "pt_p14.pt")
-    _run(tmp_path / "pt_p14.pt", tmp_path / "p14to16.pt", "--to", "p14to16")
+    _run("--input", tmp_path / "pt_p14.pt", "--output", tmp_path / "p14to16.pt", "--to", "p14to16")
     out = torch.load(tmp_path / "p14to16.pt")
     assert out["patch_embed.proj.weight"].shape == (384, 3, 16, 16) and out["pos_embed"].shape == (1, 197, 384)
     # S keeps the official S layout (fused qkv, packed w12; checked against the official code in tests/mim)
@@ -37,7 +37,7 @@ def test_p14_to_p14to16_then_into_detection_backbone(tmp_path):
 
 def test_p14_to_own_layout_keeps_outputs(tmp_path):
     src = _official_mim(tmp_path / "pt_p14.pt")
-    _run(tmp_path / "pt_p14.pt", tmp_path / "own.pth", "--to", "eva02", "--patch-size", "14")
+    _run("--input", tmp_path / "pt_p14.pt", "--output", tmp_path / "own.pth", "--to", "eva02", "--patch-size", "14")
     out = torch.load(tmp_path / "own.pth")
     assert out["arch"] == {"preset": "eva02_S", "depth": 2, "sub_ln": False, "patch_size": 14, "img_size": 224}
     model = create_trv("eva02_S", depth=2, with_cls_token=True, with_mask_token=True)
@@ -48,6 +48,7 @@ def test_p14_to_own_layout_keeps_outputs(tmp_path):
 
 def test_not_a_backbone_is_a_clear_error(tmp_path):
     torch.save({"model": {"head.weight": torch.zeros(2)}}, tmp_path / "x.pt")
-    result = subprocess.run([sys.executable, str(TOOL), tmp_path / "x.pt", tmp_path / "y.pt", "--to", "p14to16"],
+    result = subprocess.run([sys.executable, str(TOOL), "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt",
+                             "--to", "p14to16"],
                             capture_output=True, text=True)
-    assert result.returncode != 0 and "patch_embed.proj.weight" in result.stderr
+    assert result.returncode == 2 and "patch_embed.proj.weight" in result.stderr and "Traceback" not in result.stderr

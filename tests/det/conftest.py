@@ -5,7 +5,7 @@ import pytest
 from detectron2.config import LazyConfig
 
 from eva02.det.config import set_head_width, set_input_size
-from eva02.det.data import make_shapes_dataset, register_shapes
+from eva02.det.demo import make_shapes_dataset, register_shapes
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = 64  # image side in the tests: a 4x4 token grid

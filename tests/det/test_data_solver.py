@@ -7,7 +7,9 @@ import torch
 from detectron2.data import DatasetCatalog
 from pycocotools import mask as mask_util
 
-from eva02.det.data import DATASET_LAYOUT, make_shapes_dataset, register_all
+from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.det.data import DATASET_LAYOUT, register_all
+from eva02.det.demo import make_shapes_dataset
 from eva02.det.lvis import FedLossClassWeights, NUM_LVIS_CLASSES
 from eva02.det.solver import layer_decay_param_groups
 
@@ -16,8 +18,7 @@ def test_shapes_dataset_is_deterministic_and_consistent(tmp_path):
     a = make_shapes_dataset(tmp_path / "a", num_train=4, num_val=2, image_size=96, seed=3)
     b = make_shapes_dataset(tmp_path / "b", num_train=4, num_val=2, image_size=96, seed=3)
     ja, jb = (json.loads(open(p["train_json"]).read()) for p in (a, b))
-    assert ja == jb and len(ja["images"]) == 4 and {c["name"] for c in ja["categories"]} == {
-        "circle", "square", "triangle"}
+    assert ja == jb and len(ja["images"]) == 4 and [c["name"] for c in ja["categories"]] == list(SHAPE_CLASSES)
     assert ja["annotations"], "no shapes drawn"
     for ann in ja["annotations"]:
         rle = mask_util.frPyObjects(ann["segmentation"], 96, 96)

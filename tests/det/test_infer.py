@@ -1,7 +1,9 @@
 """tools/infer_det.py on generated images (one corrupt, one truncated, one missing) with a tiny-backbone demo model."""
-import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,18 +13,17 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from eva02.det.data import make_shapes_dataset
+from eva02.det.demo import make_shapes_dataset
+from eva02.det.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/demo/eva02_Ti_det.py"
 
 
-def load_tool():
-    """tools/ is not a package (detectron2 installs a top-level `tools`): load the script by path."""
-    spec = importlib.util.spec_from_file_location("infer_det", ROOT / "tools/infer_det.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def infer_det(*args) -> subprocess.CompletedProcess:
+    """tools/infer_det.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "tools/infer_det.py"), *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=600)
 
 
 def tiny_overrides(data_root: Path) -> list[str]:
@@ -53,20 +54,20 @@ def inference_run(tmp_path_factory):
     (photos / "missing.png").symlink_to(tmp / "no_such_file.png")
     (photos / "notes.txt").write_text("not an image: ignored by extension")
 
-    tool = load_tool()
     out = tmp / "out"
-    status = tool.main(["--config-file", str(CONFIG), "--weights", str(weights), "--input", str(photos),
-                        "--output", str(out), "--score-thresh", "0.2", "--device", "cpu", *overrides])
-    return dict(tool=tool, cfg=cfg, weights=weights, photos=photos, out=out, status=status)
+    proc = infer_det("--config-file", CONFIG, "--weights", weights, "--input", photos, "--output", out,
+                     "--score-thresh", "0.2", "--device", "cpu", *overrides)
+    return dict(cfg=cfg, weights=weights, photos=photos, out=out, proc=proc)
 
 
 def test_infer_folder_skips_bad_images_and_writes_outputs(inference_run):
-    out = inference_run["out"]
-    assert inference_run["status"] == 0
+    out, proc = inference_run["out"], inference_run["proc"]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # done, but 3 images failed
+    assert "3 of 6 images processed, 3 failed" in proc.stdout
     predictions = json.loads((out / "predictions.json").read_text())
     assert [Path(r["file_name"]).name for r in predictions["images"]] == ["000000.png", "000001.png", "000002.png"]
     assert sorted(Path(f["file_name"]).name for f in predictions["failed"]) == ["corrupt.jpg", "missing.png", "truncated.png"]
-    assert [c["name"] for c in predictions["categories"]] == ["circle", "square", "triangle"]
+    assert [c["name"] for c in predictions["categories"]] == ["disk", "square", "triangle", "cross"]
     drawn = sorted(p.name for p in out.glob("*.png"))
     assert drawn == ["000000.png", "000001.png", "000002.png"]
     assert annotations_valid(predictions)
@@ -85,8 +86,8 @@ def annotations_valid(predictions) -> bool:
 
 def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
     """The json holds exactly what the model predicts for the image, and the drawn image has it drawn."""
-    tool, out = inference_run["tool"], inference_run["out"]
-    predictor = tool.Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2, use_ema=False)
+    out = inference_run["out"]
+    predictor = Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2, use_ema=False)
     image_path = inference_run["photos"] / "000001.png"
     rgb = cv2.imread(str(image_path))[:, :, ::-1].copy()
     instances = predictor(rgb)
@@ -101,21 +102,20 @@ def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
 
 
 def test_infer_single_image_and_missing_input(inference_run, tmp_path):
-    tool = inference_run["tool"]
-
     def run(image, output, *flags_and_overrides):
-        return tool.main(["--config-file", str(CONFIG), "--weights", str(inference_run["weights"]), "--device", "cpu",
-                          "--input", str(image), "--output", str(output), *flags_and_overrides,
-                          *tiny_overrides(tmp_path / "data")])
+        return infer_det("--config-file", CONFIG, "--weights", inference_run["weights"], "--device", "cpu",
+                         "--input", image, "--output", output, *flags_and_overrides, *tiny_overrides(tmp_path / "data"))
 
     # key=value overrides reach the model: the sys post-processing (soft-NMS, maskness) on one image.
-    assert run(inference_run["photos"] / "000000.png", tmp_path / "one", "--score-thresh", "0.2",
-               "model.roi_heads.nms_method=soft_gaussian", "model.roi_heads.maskness_thresh=0.5") == 0
+    proc = run(inference_run["photos"] / "000000.png", tmp_path / "one", "--score-thresh", "0.2",
+               "model.roi_heads.nms_method=soft_gaussian", "model.roi_heads.maskness_thresh=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one/predictions.json").read_text())
     assert len(one["images"]) == 1 and one["annotations"]
     scores = [a["score"] for a in one["annotations"]]
     assert scores == sorted(scores, reverse=True)
     assert min(scores) < 0.2, "maskness (< 1) rescored detections after the 0.2 box-score threshold"
-    assert run(inference_run["photos"] / "corrupt.jpg", tmp_path / "bad") == 1
-    with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        run(tmp_path / "no_such_dir", tmp_path / "x")
+    assert run(inference_run["photos"] / "corrupt.jpg", tmp_path / "bad").returncode == 1
+    missing = run(tmp_path / "no_such_dir", tmp_path / "x")
+    assert missing.returncode == 2 and "no_such_dir: no such image or folder" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -11,6 +11,7 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.engine import HookBase
 
+from eva02.backbone.demo import SHAPE_CLASSES
 from eva02.det.engine import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def _logged_iterations(out_dir) -> list[int]:
 
 
 def test_resume_continues_at_the_saved_iteration(make_config, shapes, tmp_path):
-    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path, num_classes=3, max_iter=5)
+    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path, num_classes=len(SHAPE_CLASSES), max_iter=5)
     cfg.train.checkpointer.period = 2  # saves after iterations 1 and 3
     with pytest.raises(KeyboardInterrupt):
         run(cfg, extra_hooks=[_Interrupt(at_iter=2)])
@@ -40,7 +41,7 @@ def test_resume_continues_at_the_saved_iteration(make_config, shapes, tmp_path):
     saved = torch.load(tmp_path / "model_0000001.pth", weights_only=True)
     assert saved["iteration"] == 1 and {"optimizer", "hooks"} <= saved["trainer"].keys()
 
-    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path, num_classes=3, max_iter=5)
+    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path, num_classes=len(SHAPE_CLASSES), max_iter=5)
     run(cfg, resume=True)
     assert _logged_iterations(tmp_path) == [0, 1, 2, 2, 3, 4]  # iteration 2 ran again, from the checkpoint
     assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 4

@@ -6,15 +6,16 @@ import json
 import pytest
 import torch
 
+from eva02.backbone.demo import SHAPE_CLASSES
 from eva02.det.checkpoint import EVACheckpointer
 from eva02.det.engine import build_model, do_test, run
 
 FAMILIES = {
-    # family: (config, train / test dataset, classes: 3 shapes; LVIS keeps its 1203 for the federated loss)
-    "coco_bsl": ("configs/coco/eva02_B_bsl.py", "shapes_t", 3),
-    "coco_sys": ("configs/coco/eva02_L_sys.py", "shapes_t", 3),
+    # family: (config, train / test dataset, classes: the shapes; LVIS keeps its 1203 for the federated loss)
+    "coco_bsl": ("configs/coco/eva02_B_bsl.py", "shapes_t", len(SHAPE_CLASSES)),
+    "coco_sys": ("configs/coco/eva02_L_sys.py", "shapes_t", len(SHAPE_CLASSES)),
     "lvis": ("configs/lvis/eva02_L_sys.py", "shapes_lvis_v1", None),
-    "o365": ("configs/o365/eva02_L.py", "shapes_t", 3),
+    "o365": ("configs/o365/eva02_L.py", "shapes_t", len(SHAPE_CLASSES)),
 }
 
 
@@ -71,12 +72,12 @@ def test_eval_only_writes_server_results(make_config, shapes, tmp_path):
     """--eval-only with train.results_dir (the COCO test-dev override) writes the results json + zip."""
     train_dir = tmp_path / "train"
     _train_and_eval(make_config, "configs/coco/eva02_B_bsl.py", "shapes_t", 3, train_dir)
-    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path / "eval", num_classes=3)
+    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path / "eval", num_classes=len(SHAPE_CLASSES))
     cfg.train.update(init_checkpoint=str(train_dir / "model_final.pth"), results_dir=str(tmp_path / "server"))
     results = run(cfg, eval_only=True)
     assert "bbox" in results
     written = sorted(p.name for p in (tmp_path / "server").iterdir())
     assert written == ["detections_test-dev2017_eva02_results.json", "detections_test-dev2017_eva02_results.zip"]
     detections = json.loads((tmp_path / "server" / written[0]).read_text())
-    assert detections and {d["category_id"] for d in detections} <= {1, 2, 3}
+    assert detections and {d["category_id"] for d in detections} <= set(range(1, len(SHAPE_CLASSES) + 1))
     assert {"image_id", "bbox", "score", "segmentation"} <= detections[0].keys()

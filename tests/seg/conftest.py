@@ -10,7 +10,8 @@ import pytest
 from mmengine.config import Config
 
 import eva02.seg  # noqa: F401  (registers the modules)
-from eva02.seg import fp32_without_gpu, make_shapes_dataset
+from eva02.seg import fp32_without_gpu
+from eva02.seg.demo import make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = [

@@ -1,4 +1,6 @@
 """Every paper value in the segmentation configs (EVA-02 paper Tables 34-36, reference section 3)."""
+import ast
+
 import pytest
 from mmengine.config import Config
 
@@ -123,3 +125,17 @@ def test_warmup_and_poly_multiply_as_the_official_curve(repo):
         for s in schedulers:
             s.step()
     assert base * (1 - 1500 / total) == pytest.approx(0.975 * base)  # the reference's check point
+
+
+@pytest.mark.parametrize("name", [
+    "ade20k/upernet_eva02_B_512.py", "ade20k/upernet_eva02_L_512.py", "ade20k/upernet_eva02_L_640.py",
+    "coco_stuff/mask2former_eva02_L_640.py", "ade20k/mask2former_eva02_L_640.py", "demo/eva02_Ti_seg.py",
+])
+def test_configs_build_on_base_pieces_only(repo, name):
+    """mmseg's layout: each config lists configs/_base_ pieces (model, dataset, runtime, schedule) and states its own
+    values; no config is the base of another, so editing one table's config leaves the others alone."""
+    tree = ast.parse((repo / "configs" / name).read_text())
+    bases = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "_base_")
+    assert [b.split("/")[2] for b in bases] == ["models", "datasets", "default_runtime.py", "schedules"]
+    assert all(b.startswith("../_base_/") and (repo / "configs" / name).parent.joinpath(b).is_file() for b in bases)

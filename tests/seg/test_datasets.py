@@ -9,7 +9,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 
-from eva02.seg import SHAPES_CLASSES, make_shapes_dataset
+from eva02.seg.demo import SHAPES_CLASSES, make_shapes_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -135,7 +135,7 @@ def test_released_checkpoint_layouts_map_onto_our_configs(name, config):
 
 
 def test_test_seg_evaluates_a_released_official_checkpoint(official, repo, tmp_path, run_tool):
-    """tools/test_seg.py CONFIG official.pth, as a user runs it on a released UperNet: it evaluates; a checkpoint
+    """tools/test_seg.py --weights official.pth, as a user runs it on a released UperNet: it evaluates; a checkpoint
     that would leave weights unloaded stops with one line naming them (no traceback), unless --allow-partial."""
     c = official["config"]
     config = tmp_path / "official_tiny.py"
@@ -153,11 +153,13 @@ test_dataloader = dict(num_workers=0, persistent_workers=False, batch_size=1,
                        dataset=dict(generate=dict(num_train=4, num_val=3, size=64)))
 """)
     env = {"SHAPES_ROOT": str(tmp_path / "shapes")}
-    proc = run_tool("test_seg.py", config, save_official(official, tmp_path / "official.pth"),
-                    "--work-dir", tmp_path / "work", env=env)
+    proc = run_tool("test_seg.py", "--config-file", config, "--weights",
+                    save_official(official, tmp_path / "official.pth"), "--output", tmp_path / "work", env=env)
     assert "mIoU" in proc.stdout + proc.stderr and "RoPE buffers ignored" in proc.stdout + proc.stderr
     partial = save_official(official, tmp_path / "partial.pth", drop=("auxiliary_head.conv_seg.bias",))
-    proc = run_tool("test_seg.py", config, partial, "--work-dir", tmp_path / "work2", env=env, check=False)
+    proc = run_tool("test_seg.py", "--config-file", config, "--weights", partial, "--output", tmp_path / "work2",
+                    env=env, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "auxiliary_head.conv_seg.bias" in proc.stderr and "--allow-partial" in proc.stderr
-    run_tool("test_seg.py", config, partial, "--work-dir", tmp_path / "work3", "--allow-partial", env=env)
+    run_tool("test_seg.py", "--config-file", config, "--weights", partial, "--output", tmp_path / "work3",
+             "--allow-partial", env=env)

@@ -48,9 +48,10 @@ def last_iter_checkpoint(work_dir):
 def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool):
     env = {"SHAPES_ROOT": str(tmp_path / "data")}
     work = tmp_path / "work"
-    run_tool("train_seg.py", tiny_config(repo, tmp_path, max_iters=2), "--work-dir", work, env=env)  # "interrupted"
+    run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path, max_iters=2), "--output", work, env=env)  # "interrupted"
     assert last_iter_checkpoint(work)["meta"]["iter"] == 2
-    proc = run_tool("train_seg.py", tiny_config(repo, tmp_path, max_iters=4), "--work-dir", work, "--resume", env=env)
+    proc = run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path, max_iters=4), "--output", work, "--resume",
+                    env=env)
     log = proc.stdout + proc.stderr
     assert re.search(r"resumed epoch: \d+, iter: 2", log), log[-3000:]
     assert "Iter(train) [3/4]" in log and "Iter(train) [1/4]" not in log
@@ -62,7 +63,7 @@ def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool):
 
 def test_two_process_ddp_on_cpu(repo, tmp_path, run_tool):
     env = {"SHAPES_ROOT": str(tmp_path / "data")}
-    proc = run_tool("train_seg.py", tiny_config(repo, tmp_path), "--work-dir", tmp_path / "work", "--launcher", "pytorch",
+    proc = run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path), "--output", tmp_path / "work",
                     env=env, launcher=["--nproc_per_node", "2", "--master_port", "29517"])
     log = proc.stdout + proc.stderr
     assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
@@ -83,8 +84,8 @@ def demo_run(tmp_path_factory):
             "val_dataloader.dataset.generate.num_train=8", "val_dataloader.dataset.generate.num_val=4",
             "test_dataloader.dataset.generate.num_train=8", "test_dataloader.dataset.generate.num_val=4"]
     env = {**os.environ, "SHAPES_ROOT": str(tmp / "data"), "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "tools/train_seg.py", DEMO, "--work-dir", str(tmp / "work"),
-                           "--cfg-options", *opts], cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "tools/train_seg.py", "--config-file", DEMO, "--output", str(tmp / "work"),
+                           *opts], cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "mIoU" in proc.stdout
     return tmp / "work", tmp / "data"
@@ -93,7 +94,8 @@ def demo_run(tmp_path_factory):
 def test_demo_short_run_then_evaluate_with_show_dir(demo_run, repo, run_tool, tmp_path):
     work, data = demo_run
     ckpt = Path(work, "last_checkpoint").read_text().strip()
-    proc = run_tool("test_seg.py", DEMO, ckpt, "--work-dir", tmp_path / "eval", "--show-dir", tmp_path / "show",
+    proc = run_tool("test_seg.py", "--config-file", DEMO, "--weights", ckpt, "--output", tmp_path / "eval",
+                    "--show-dir", tmp_path / "show",
                     env={"SHAPES_ROOT": str(data)})
     assert re.search(r"mIoU: \d+\.\d+", proc.stdout)
     drawn = [f for _, _, files in os.walk(tmp_path / "show") for f in files if f.endswith(".png")]
@@ -106,7 +108,7 @@ def test_demo_short_run_then_evaluate_with_show_dir(demo_run, repo, run_tool, tm
 def test_demo_checkpoint_multiscale_flip_evaluation(demo_run, repo, run_tool, tmp_path):
     work, data = demo_run
     ckpt = Path(work, "last_checkpoint").read_text().strip()
-    proc = run_tool("test_seg.py", DEMO, ckpt, "--ms-flip", "--work-dir", tmp_path / "eval",
+    proc = run_tool("test_seg.py", "--config-file", DEMO, "--weights", ckpt, "--ms-flip", "--output", tmp_path / "eval",
                     env={"SHAPES_ROOT": str(data)})
     assert re.search(r"mIoU: \d+\.\d+", proc.stdout)
 
@@ -120,7 +122,8 @@ def test_infer_writes_overlays_and_skips_bad_images(demo_run, repo, run_tool, tm
         img = cv2.imread(str(data / "images" / "validation" / f"{i:05d}.jpg"))
         cv2.imwrite(str(inputs / f"photo{i}.jpg"), img[:, :100])  # non-square
     (inputs / "broken.jpg").write_bytes(b"\x00garbage")
-    proc = run_tool("infer_seg.py", DEMO, ckpt, "--input", inputs, "--output", tmp_path / "out", check=False)
+    proc = run_tool("infer_seg.py", "--config-file", DEMO, "--weights", ckpt, "--input", inputs, "--output",
+                    tmp_path / "out", check=False)
     assert proc.returncode == 1
     assert "broken.jpg" in proc.stdout + proc.stderr
     assert "2 of 3 images segmented" in proc.stdout

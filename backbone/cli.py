@@ -1,0 +1,104 @@
+"""The command-line convention every tool in tools/ follows, and the helpers that implement it (stdlib + torch).
+
+    --config-file PATH     the config: a detectron2 LazyConfig (detection) or an mmengine config (segmentation)
+    --weights PATH         the checkpoint to evaluate or run: ours or an official release
+    --input PATH           an image or a folder of images;  --output DIR: where results go
+    --device DEVICE        default: cuda when a GPU exists, else cpu
+    --amp fp16|bf16|off    mixed precision of a training run; default: what the config says
+    --resume               continue a training run from the last checkpoint in --output
+    --unsafe-pickle        read checkpoints with weights_only=False (runs pickled code: trusted files only)
+    --debug                a full traceback instead of the one-line error
+    KEY=VALUE ...          config overrides, last on the line
+Multi-process training: `torchrun --nproc_per_node N tools/TOOL.py ...` (gloo on the CPU, nccl on GPUs).
+Exit status: 0 done; 1 done, but something failed (an image skipped, a check not met); 2 bad input or usage,
+said in one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+__all__ = ["IMAGE_EXTENSIONS", "AMP_CHOICES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError",
+           "default_device", "add_common_args", "list_images", "run_tool", "world_size"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+AMP_CHOICES = ("fp16", "bf16", "off")
+EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; its message is the one line the tool prints."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def world_size() -> int:
+    """Processes in this run: torchrun's WORLD_SIZE, 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
+    """Adds the named flags of the convention (module docstring) with their shared help and defaults:
+    "config", "weights", "input", "output", "device", "amp", "resume", "unsafe_pickle", "overrides".
+    --debug is always added."""
+    specs = {
+        "config": (("--config-file",), dict(required=True, metavar="PATH", help="the config file")),
+        "weights": (("--weights",), dict(required=True, metavar="PATH",
+                                         help="checkpoint: ours or an official release")),
+        "input": (("--input",), dict(required=True, help="an image, or a folder of images (not recursive)")),
+        "output": (("--output",), dict(required=True, metavar="DIR", help="folder for the results")),
+        "device": (("--device",), dict(default=default_device(), help="default: cuda when a GPU exists, else cpu")),
+        "amp": (("--amp",), dict(choices=AMP_CHOICES, help="mixed precision (default: what the config says)")),
+        "resume": (("--resume",), dict(action="store_true",
+                                       help="continue from the last checkpoint in the output folder")),
+        "unsafe_pickle": (("--unsafe-pickle",), dict(
+            action="store_true", help="read checkpoints with weights_only=False (runs pickled code: trusted files only)")),
+        "overrides": (("overrides",), dict(nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")),
+    }
+    unknown = set(flags) - set(specs)
+    if unknown:
+        raise ValueError(f"add_common_args: unknown flags {sorted(unknown)}; known: {sorted(specs)}")
+    for flag in flags:
+        names, kwargs = specs[flag]
+        parser.add_argument(*names, **kwargs)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """The image itself, or a folder's image files (by extension, sorted; broken links included, so that they
+    are reported as missing). UsageError for a path that does not exist or a folder without images."""
+    path = Path(path)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise UsageError(f"--input {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+        return images
+    if not path.exists():
+        raise UsageError(f"--input {path}: no such image or folder")
+    return [path]
+
+
+def run_tool(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Runs a tool's main(argv) under the convention: its return value is the exit status; an error becomes one
+    line on stderr ("TOOL: message") and exit status 2, unless --debug asks for the traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    tool = Path(sys.argv[0]).stem
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001  (the one-line answer; --debug shows the rest)
+        if "--debug" in argv:
+            raise
+        message = str(error).strip() or type(error).__name__
+        if not isinstance(error, (UsageError, FileNotFoundError)):  # ours say all; others say their first line
+            message = f"{type(error).__name__}: {message.splitlines()[0]}"
+        print(f"{tool}: {message}\n(--debug shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,69 @@
+"""What tools/train_seg.py and tools/test_seg.py share: the config as the command line sets it (overrides, work
+dir, AMP, launcher from torchrun, DDP on the CPU). Conventions: eva02.backbone.cli."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config, DictAction
+
+from eva02.backbone.cli import UsageError, world_size
+
+from .optim import fp32_without_gpu
+
+__all__ = ["load_config", "apply_amp", "init_cpu_process_group"]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE strings -> dict, with mmengine's --cfg-options value syntax (lists, tuples, numbers)."""
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key] = DictAction._parse_iterable(value)
+    return overrides
+
+
+def load_config(config_file: str, output: str | None, overrides: list[str]) -> Config:
+    """The config with the overrides merged, work_dir = output (default work_dirs/CONFIG_NAME), and the launcher
+    "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+    if not osp.isfile(config_file):
+        raise UsageError(f"--config-file {config_file}: no such file")
+    cfg = Config.fromfile(config_file)
+    cfg.merge_from_dict(parse_overrides(overrides))
+    cfg.work_dir = output or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config_file))[0])
+    cfg.launcher = "pytorch" if world_size() > 1 else "none"
+    os.environ.setdefault("LOCAL_RANK", "0")
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"  # nccl needs GPUs
+        cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get("find_unused_parameters", False))
+    return cfg
+
+
+def apply_amp(cfg: Config, amp: str | None) -> str:
+    """--amp fp16|bf16|off on the config's optim_wrapper (None: as the config says); fp16 / bf16 AMP needs a GPU
+    (mmengine's AmpOptimWrapper), so a CPU-only machine trains the configs' AMP in fp32. Returns what runs."""
+    wrapper = cfg.optim_wrapper
+    if amp in ("fp16", "bf16"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--amp {amp} needs a GPU (mmengine's AmpOptimWrapper runs on CUDA/NPU/MLU only)")
+        wrapper.update(type="AmpOptimWrapper", dtype="float16" if amp == "fp16" else "bfloat16")
+        wrapper.loss_scale = "dynamic" if amp == "fp16" else None
+        return f"AMP {wrapper.dtype}"
+    if amp == "off" or fp32_without_gpu(cfg):
+        wrapper.type = "OptimWrapper"
+        for key in ("dtype", "loss_scale"):
+            wrapper.pop(key, None)
+        return "fp32" if amp == "off" else "fp32 (no GPU: the config's fp16 AMP is off)"
+    return f"AMP {wrapper.get('dtype') or 'float16'}" if wrapper.get("type") == "AmpOptimWrapper" else "fp32"
+
+
+def init_cpu_process_group() -> None:
+    """Under torchrun on a CPU-only machine: join the gloo process group (mmengine's own init would call
+    torch.cuda.set_device)."""
+    if world_size() > 1 and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
