@@ -104,11 +104,19 @@ def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
         from safetensors.torch import load_file
 
         return load_file(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save writes a zip archive; legacy files a pickle
+        raise ValueError(f"{path} is not a checkpoint (neither a torch.save archive nor a pickle, nor .safetensors)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:
-        hint = " (it holds pickled objects; pass weights_only=False if you trust the file)" if weights_only and "Weights only" in str(e) else ""
-        raise ValueError(f"{path} is not a readable checkpoint{hint}: {type(e).__name__}: {e}") from e
+        if weights_only and "Weights only" in str(e):
+            detail = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines()
+                           if "WeightsUnpickler error" in line), "non-tensor objects").split(". ")[0]
+            raise ValueError(f"{path} holds pickled objects that weights_only loading refuses ({detail}); if you "
+                             "trust the file, the tools read it with --unsafe-pickle (Python: weights_only=False)") from e
+        raise ValueError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict of tensors")
     return obj

@@ -1,8 +1,11 @@
 """load_checkpoint on every layout of the reference (section 5), built by the test itself."""
+import argparse
+
+import numpy as np
 import pytest
 import torch
 
-from eva02.backbone import create_trv, load_checkpoint, official_p14_to_p16, to_official
+from eva02.backbone import create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, to_official
 
 TINY = dict(depth=2, embed_dim=64, num_heads=2, mlp_hidden=170)
 
@@ -147,9 +150,18 @@ def test_errors_name_the_file_or_key(tmp_path):
         load_checkpoint(_det_model(), bad)
     with pytest.raises(KeyError, match="ema_state"):
         load_checkpoint(_det_model(), _det_model().state_dict(), use_ema=True)
-    import numpy as np
-
     torch.save({"model": _det_model().state_dict(), "meta": np.array([1])}, tmp_path / "np.pth")
     with pytest.raises(ValueError, match="weights_only=False"):
         load_checkpoint(_det_model(), tmp_path / "np.pth")
     assert load_checkpoint(_det_model(), tmp_path / "np.pth", weights_only=False).missing == []
+
+
+def test_a_file_that_is_no_checkpoint_says_so_without_suggesting_unpickling(tmp_path):
+    path = tmp_path / "random.pth"
+    path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    with pytest.raises(ValueError, match="random.pth is not a checkpoint") as error:
+        read_state_dict(path)
+    assert "unsafe" not in str(error.value) and "weights_only=False" not in str(error.value)
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ns.pth")
+    with pytest.raises(ValueError, match="argparse.Namespace.*--unsafe-pickle"):
+        read_state_dict(tmp_path / "ns.pth")
