@@ -71,7 +71,11 @@ def sys_inference(model, score_thresh: float, topk_per_image: int, maskness_thre
     """The "sys" inference of Tables 30-33 as the official release evaluates it: cascade scores above
     `score_thresh`, class-wise linear soft-NMS at IoU 0.6 (min score 1e-3), every survivor passed on to the
     evaluator (no per-image cap: set model.roi_heads.soft_nms_topk=True for the standard protocol, which keeps
-    `topk_per_image`), then maskness rescoring with `maskness_thresh` (None: off)."""
+    `topk_per_image`), then maskness rescoring with `maskness_thresh` (None: off).
+
+    How the official release reports the numbers: COCO (Tables 30, 32) takes two runs, box AP from one with
+    model.roi_heads.maskness_thresh=None and mask AP from the config as it stands (maskness 0.5); LVIS (Tables
+    31, 33) reports box and mask AP from one run with maskness 0.5."""
     for predictor in model.roi_heads.box_predictors:
         predictor.update(test_score_thresh=score_thresh, test_nms_thresh=0.6, test_topk_per_image=topk_per_image)
     model.roi_heads.update(nms_method="soft_linear", soft_nms_min_score=1e-3, soft_nms_topk=False,

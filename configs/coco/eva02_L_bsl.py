@@ -13,11 +13,6 @@ model.backbone.net.update(
 set_input_size(model, dataloader, 1024)  # Table 28: LSJ crop 1024 (RoPE grid 64)
 optimizer.lr = 6e-5  # Table 28
 optimizer.params.lr_decay_rate = 0.8  # Table 28
-optimizer.weight_decay = 0.1  # Table 28
 dataloader.train.total_batch_size = 144  # Table 28
 train.max_iter = 60000  # Table 28
 lr_multiplier = step_schedule(max_iter=60000, milestones=(48000, 54000), warmup_iters=1000)  # Table 28
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.update(test_score_thresh=0.05, test_topk_per_image=100)  # Table 28
-model.roi_heads.update(nms_method="nms", maskness_thresh=None)  # Table 28: plain NMS, no maskness
-train.amp.update(enabled=True, precision="float16")  # Table 28: fp16

@@ -1,7 +1,7 @@
 """Shared base of every EVA-02 detection config: ViTDet Cascade Mask R-CNN with a TrV backbone.
 
-Structure only; each table's file sets its values (comments there name the paper table). Values here are the
-ones every table shares (reference §2): simple feature pyramid p2-p6 at 256 channels with LN, 2-conv RPN,
+Each table's file states only its table's deltas (comments there name the table). Values here are the ones
+every table shares, or most do (comments name the tables; reference §2): simple feature pyramid p2-p6 at 256 channels with LN, 2-conv RPN,
 3-stage cascade with 4conv(LN)+1fc box heads, class-agnostic regression, box weights (10,10,5,5),
 (20,20,10,10), (30,30,15,15), IoU 0.5/0.6/0.7, LN mask head, ImageNet mean/std on 0-255 RGB, LSJ, AdamW
 (0.9, 0.999, 1e-8) with weight decay 0.1 on every parameter and layer-wise lr decay, AMP fp16.
@@ -42,19 +42,19 @@ model.roi_heads.update(
     box_heads=_cascade.box_heads,
     box_predictors=_cascade.box_predictors,
     proposal_matchers=_cascade.proposal_matchers,
-    nms_method="nms",
+    nms_method="nms",  # Tables 27-29 (bsl): plain NMS; "sys" configs call eva02.det.config.sys_inference
     soft_nms_sigma=0.5,
     soft_nms_min_score=1e-3,
     soft_nms_topk=False,  # soft-NMS: every survivor reaches the evaluator (official); True caps per image
-    maskness_thresh=None,
+    maskness_thresh=None,  # Tables 27-29: no maskness rescoring
 )
-for _predictor in model.roi_heads.box_predictors:
+for _predictor in model.roi_heads.box_predictors:  # Table 28: score thr 0.05, 100 dets (LVIS base: 0.02 / 300)
     _predictor.update(test_score_thresh=0.05, test_nms_thresh=0.5, test_topk_per_image=100)
 
 # ---------------------------------------------------------------- data
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.update(image_format="RGB", use_instance_mask=True, recompute_boxes=True)
-dataloader.train.total_batch_size = 64
+dataloader.train.total_batch_size = 128  # Tables 28-31 (L COCO bsl 144; O365 160; O365-initialized 64)
 dataloader.train.num_workers = 4
 dataloader.test.num_workers = 2
 set_input_size(model, dataloader, 1024)
@@ -65,7 +65,7 @@ optimizer = L(torch.optim.AdamW)(
     lr=5e-5,
     betas=(0.9, 0.999),
     eps=1e-8,
-    weight_decay=0.1,
+    weight_decay=0.1,  # Tables 27-33
 )
 lr_multiplier = step_schedule(max_iter=60000, milestones=(48000, 54000), warmup_iters=1000)
 
@@ -76,7 +76,7 @@ train.update(
     init_use_ema=False,  # take the initial weights from the checkpoint's `ema_state`
     init_weights_only=True,  # False unpickles arbitrary objects: only for checkpoint files you trust
     max_iter=60000,
-    amp=dict(enabled=True, precision="float16"),  # "float16" | "bfloat16"
+    amp=dict(enabled=True, precision="float16"),  # Tables 27-33: fp16 ("float16" | "bfloat16")
     # With EMA, evaluation during training scores both the raw and the EMA weights (official); use_for_eval
     # picks the EMA weights for --eval-only (official `use_ema_weights_for_eval_only`).
     model_ema=dict(enabled=False, decay=0.9999, use_for_eval=True),

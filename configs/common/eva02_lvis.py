@@ -15,3 +15,4 @@ model.roi_heads.num_classes = NUM_LVIS_CLASSES
 for _predictor in model.roi_heads.box_predictors:
     _predictor.update(use_sigmoid_ce=True, use_fed_loss=True,
                       get_fed_loss_cls_weights=L(FedLossClassWeights)(power=0.5))
+    _predictor.update(test_score_thresh=0.02, test_topk_per_image=300)  # Table 29: score thr 0.02, 300 dets

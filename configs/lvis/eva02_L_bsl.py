@@ -13,12 +13,5 @@ model.backbone.net.update(
 set_input_size(model, dataloader, 1024)  # Table 29: LSJ crop 1024 (RoPE grid 64)
 optimizer.lr = 1e-4  # Table 29
 optimizer.params.lr_decay_rate = 0.8  # Table 29
-optimizer.weight_decay = 0.1  # Table 29
-dataloader.train.total_batch_size = 128  # Table 29
 train.max_iter = 40000  # Table 29
 lr_multiplier = step_schedule(max_iter=40000, milestones=(32000, 36000), warmup_iters=1000)  # 80% / 90%
-for _predictor in model.roi_heads.box_predictors:
-    _predictor.update(test_score_thresh=0.02, test_topk_per_image=300)  # Table 29: score thr 0.02; 300 dets (LVIS)
-dataloader.evaluator.max_dets_per_image = 300
-model.roi_heads.update(nms_method="nms", maskness_thresh=None)  # Table 29: plain NMS, no maskness
-train.amp.update(enabled=True, precision="float16")  # Table 29: fp16

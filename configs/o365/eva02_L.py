@@ -28,9 +28,6 @@ model.backbone.net.update(
 set_input_size(model, dataloader, 1536)  # Table 27: LSJ crop 1536 (RoPE grid 96)
 optimizer.lr = 6e-5  # Table 27
 optimizer.params.lr_decay_rate = 0.8  # Table 27
-optimizer.weight_decay = 0.1  # Table 27
 dataloader.train.total_batch_size = 160  # Table 27
 train.max_iter = 400000  # Table 27
 lr_multiplier = step_schedule(max_iter=400000, milestones=(320000, 360000), warmup_iters=5000)  # Table 27; official warmup
-model.roi_heads.update(nms_method="nms", maskness_thresh=None)
-train.amp.update(enabled=True, precision="float16")  # Table 27: fp16
