@@ -14,6 +14,9 @@ to the model; any other shape difference is an error naming the key.
 """
 from __future__ import annotations
 
+import argparse
+import importlib
+import logging
 import math
 import os
 import re
@@ -26,10 +29,13 @@ from torch import nn
 from .trv import TrV, TrVConfig
 
 __all__ = [
-    "LoadReport", "atomic_write", "infer_trv_config", "load_checkpoint", "read_weights", "read_state_dict", "save_atomic", "to_official", "official_p14_to_p16",
+    "HARMLESS_GLOBALS", "IncompleteCheckpointError", "LoadReport", "check_complete", "atomic_write", "infer_trv_config", "load_checkpoint", "read_weights",
+    "read_state_dict", "remove_stale_temporaries", "save_atomic", "to_official", "official_p14_to_p16",
     "to_trv_names", "unwrap_model", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Prefixes under which a backbone sits inside a larger model, longest first.
 # Wrappers a TrV sits in: detector, segmentor, MIM student, EVA-CLIP image tower (`visual.`).
@@ -46,6 +52,22 @@ _TIMM = [
     (".attn.q_proj.bias", ".attn.q_bias"),
     (".attn.v_proj.bias", ".attn.v_bias"),
 ]
+
+
+def _harmless_globals() -> list:
+    """What official releases pickle beside their tensors and weights_only may rebuild: the training arguments
+    DeepSpeed saves (`argparse.Namespace`) and numpy scalars / arrays (detectron2's trainer state), under numpy 2's
+    module names and under the numpy 1 names (`numpy.core.*`) the released files were written with. None of them
+    runs code when rebuilt; anything else in a file is still refused."""
+    import numpy as np
+
+    multiarray = importlib.import_module("numpy._core.multiarray")
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    legacy = [(getattr(multiarray, name), f"numpy.core.multiarray.{name}") for name in ("scalar", "_reconstruct")]
+    return [argparse.Namespace, np.ndarray, np.dtype, multiarray.scalar, multiarray._reconstruct, *dtypes, *legacy]
+
+
+HARMLESS_GLOBALS = _harmless_globals()
 
 
 @dataclass
@@ -73,9 +95,33 @@ class LoadReport:
         return "\n".join(lines)
 
 
+_TEMPORARY = re.compile(r"^\..+\.tmp\.(\d+)$")  # atomic_write's temporary files: .NAME.tmp.PID
+
+
+class IncompleteCheckpointError(ValueError):
+    """Loading would leave model weights at their initial values, or checkpoint weights unused."""
+
+
+def check_complete(source: str, missing: list[str], unused: list[str], opt_out: str, hint: str = "") -> None:
+    """IncompleteCheckpointError naming the model weights a load left unloaded and the checkpoint tensors that fit
+    nowhere (the first 8 of each), with `hint` (e.g. a class-count mismatch) and how to allow it (`opt_out`)."""
+    if not missing and not unused:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model weights would stay at their initial values ({', '.join(missing[:8])}"
+                     f"{', ...' if len(missing) > 8 else ''})")
+    if unused:
+        parts.append(f"{len(unused)} checkpoint tensors fit nowhere ({', '.join(unused[:8])}"
+                     f"{', ...' if len(unused) > 8 else ''})")
+    raise IncompleteCheckpointError(f"{source}: {'; '.join(parts)}. {hint or 'Is it the checkpoint for this config?'} "
+                                    f"If the partial load is intended, {opt_out}.")
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(tmp) with a temporary path beside `path`, then rename it over `path`: a crash or a full disk
-    never leaves a torn file where a good one was expected."""
+    never leaves a torn file where a good one was expected (a kill leaves the temporary file, which
+    remove_stale_temporaries deletes at the next start)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp.{os.getpid()}")
@@ -87,6 +133,36 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.remove(tmp)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that killed atomic writes left in `folder` (`.NAME.tmp.PID` of a process that is
+    gone; a live writer's file is kept) and logs them. Returns the removed paths. Training runs call this when
+    they start."""
+    if not os.path.isdir(folder):
+        return []
+    removed, size = [], 0
+    for name in sorted(os.listdir(folder)):
+        match = _TEMPORARY.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _process_alive(int(match.group(1))):
+            path = os.path.join(folder, name)
+            size += os.path.getsize(path)
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logger.warning(f"removed {len(removed)} temporary file(s) of killed checkpoint writes ({size / 2**20:.1f} MiB) "
+                       f"in {folder}: {', '.join(os.path.basename(p) for p in removed)}")
+    return removed
+
+
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """torch.save(obj, path), atomically (see atomic_write)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -95,7 +171,8 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
     """The raw object saved in a checkpoint file (.pt / .pth / .safetensors).
 
-    weights_only=True refuses pickled code; pass False only for files you trust (unpickling runs code).
+    weights_only=True rebuilds tensors, plain containers and HARMLESS_GLOBALS (the non-tensor objects of official
+    releases) and refuses anything else; pass False only for files you trust (unpickling runs code).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -109,7 +186,8 @@ def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch.save writes a zip archive; legacy files a pickle
         raise ValueError(f"{path} is not a checkpoint (neither a torch.save archive nor a pickle, nor .safetensors)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(HARMLESS_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:
         if weights_only and "Weights only" in str(e):
             detail = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines()

@@ -16,15 +16,19 @@ said in one line on stderr.
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import os
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "AMP_CHOICES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError",
-           "default_device", "add_common_args", "list_images", "run_tool", "world_size"]
+           "default_device", "add_common_args", "check_override_keys", "list_images", "run_tool", "takes_argument",
+           "world_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 AMP_CHOICES = ("fp16", "bf16", "off")
@@ -69,6 +73,59 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         names, kwargs = specs[flag]
         parser.add_argument(*names, **kwargs)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _children(node) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        yield from ((str(key), value) for key, value in node.items())
+    elif isinstance(node, Sequence) and not isinstance(node, (str, bytes)):
+        yield from ((str(index), value) for index, value in enumerate(node))
+
+
+def _dotted_keys(node, prefix: str = "") -> Iterator[str]:
+    for key, value in _children(node):
+        yield prefix + key
+        yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
+def takes_argument(target, name: str) -> bool:
+    """Whether callable `target` has a parameter called `name`. A class whose __init__ passes **kwargs on is
+    followed up its bases (the usual forwarding); a name only an unresolved **kwargs would take counts as a typo."""
+    inits = [vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)] \
+        if inspect.isclass(target) else [target]
+    for init in inits:
+        try:
+            parameters = inspect.signature(init).parameters
+        except (TypeError, ValueError):  # builtins without a signature
+            return False
+        kinds = {p.kind for p in parameters.values()}
+        if name in parameters and parameters[name].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                inspect.Parameter.VAR_KEYWORD):
+            return True
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            return False
+    return False
+
+
+def check_override_keys(config, keys, new_key_ok: Callable[[Any, str], bool] | None = None) -> None:
+    """Each dotted override key must name an entry of `config` (nested mappings and sequences, list items by
+    index), or a new entry that new_key_ok(parent node, name) allows (e.g. an argument the node's callable
+    takes). Otherwise UsageError naming the key and the closest existing one: a typo never becomes a silently
+    unused new setting."""
+    for key in keys:
+        node, parts = config, key.split(".")
+        for depth, part in enumerate(parts):
+            children = dict(_children(node))
+            if part in children:
+                node = children[part]
+                continue
+            if isinstance(node, Mapping) and new_key_ok is not None and new_key_ok(node, part):
+                break  # a new argument; what lies below it is its value
+            missing = ".".join(parts[: depth + 1])
+            same_depth = [k for k in _dotted_keys(config) if k.count(".") == key.count(".")]
+            close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UsageError(f"override {key}: the config has no key {missing}{hint}")
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:

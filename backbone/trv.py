@@ -17,6 +17,7 @@ forward() still returns maps of the patch tokens. Detection (ViTDet) has no cls 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -411,6 +412,12 @@ def preset_config(name: str, **arch_overrides) -> TrVConfig:
     (embed_dim, depth, num_heads, mlp_hidden, sub_ln) replaced; None values keep the preset's."""
     if name not in PRESETS:
         raise KeyError(f"unknown TrV preset {name!r}; choose from {sorted(PRESETS)}")
+    fields = sorted(TrVConfig.__dataclass_fields__)
+    for key in arch_overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise ValueError(f"{key!r} is not a TrV architecture field{f'; did you mean {close[0]!r}' if close else ''} "
+                             f"(fields: {', '.join(fields)})")
     return dataclasses.replace(PRESETS[name], **{k: v for k, v in arch_overrides.items() if v is not None})
 
 

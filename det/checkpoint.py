@@ -7,7 +7,12 @@
   - takes the weights from `ema_state` when `use_ema=True`;
   - loads a backbone-only checkpoint (MIM `module`, p14to16, timm, our TrV) into `model.backbone.net` through
     `eva02.backbone.load_checkpoint` (patch kernel and pos-embed resized);
-  - writes checkpoints and the `last_checkpoint` tag atomically (temporary file + rename).
+  - writes checkpoints and the `last_checkpoint` tag atomically (temporary file + rename);
+  - refuses a load that leaves weights it needs at their initial values (IncompleteCheckpointError naming them),
+    per `require`: "all" (evaluation and inference: every weight, no tensor of another shape), "backbone"
+    (initial weights of a training run: the whole TrV; heads may start fresh, as from a MIM checkpoint or a
+    detector of another class count) or "any" (the user's opt-out, --allow-partial). A file from which no weight
+    at all loads is refused in every mode.
 `load_detector_weights(model, path, use_ema=False)` is the one-call form; it returns the missing/unexpected keys.
 """
 from __future__ import annotations
@@ -19,13 +24,16 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
-from eva02.backbone.checkpoint import LoadReport, atomic_write, save_atomic, to_trv_names, unwrap_model
+from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, atomic_write, check_complete,
+                                       save_atomic, to_trv_names, unwrap_model)
 
 
-__all__ = ["EVACheckpointer", "convert_detector_state", "load_detector_weights"]
+__all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights"]
 
 logger = logging.getLogger(__name__)
 _NET = "backbone.net."
+REQUIRE = ("all", "backbone", "any")
+_OPT_OUT = "pass --allow-partial (Python: require='any')"
 
 
 class EVACheckpointer(DetectionCheckpointer):
@@ -34,14 +42,18 @@ class EVACheckpointer(DetectionCheckpointer):
     Args:
         use_ema: load the weights stored under `ema_state` instead of `model`.
         weights_only: refuse pickled objects when reading (set False only for trusted files).
+        require: which model weights a load must set, "all", "backbone" or "any" (see the module docstring).
         Others as `DetectionCheckpointer` (model, save_dir, save_to_disk, **checkpointables).
     """
 
     def __init__(self, model, save_dir: str = "", *, use_ema: bool = False, weights_only: bool = True,
-                 save_to_disk: bool | None = None, **checkpointables):
+                 require: str = "backbone", save_to_disk: bool | None = None, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        if require not in REQUIRE:
+            raise ValueError(f"require must be one of {REQUIRE}, got {require!r}")
         self.use_ema = use_ema
         self.weights_only = weights_only
+        self.require = require
         self.last_incompatible: _IncompatibleKeys | None = None
 
     # ------------------------------------------------------------------ reading
@@ -66,20 +78,47 @@ class EVACheckpointer(DetectionCheckpointer):
             checkpoint["model"] = checkpoint.pop("ema_state")
         state = checkpoint["model"]
         if not any(k.startswith("backbone.") or k.startswith("roi_heads.") for k in state):
-            self.last_incompatible = self._load_backbone_only(state, source)
-            return self.last_incompatible
-        checkpoint["model"], dropped = convert_detector_state(state, unwrap_model(self.model), source)
-        logger.info(f"{source}: {len(dropped)} derived tensors not loaded (RoPE tables, constant buffers)")
-        incompatible = super()._load_model(checkpoint)
+            incompatible = self._load_backbone_only(state, source)
+        else:
+            checkpoint["model"], dropped = convert_detector_state(state, unwrap_model(self.model), source)
+            logger.info(f"{source}: {len(dropped)} derived tensors not loaded (RoPE tables, constant buffers)")
+            incompatible = super()._load_model(checkpoint)
+        self._check_loaded(incompatible, source)
         self.last_incompatible = incompatible
         return incompatible
 
     def _load_backbone_only(self, state: dict, source: str) -> _IncompatibleKeys:
         net = unwrap_model(self.model).backbone.net
-        report = load_checkpoint(net, state)
+        report = load_checkpoint(net, state, source=source)
         logger.info(f"{source}: backbone-only checkpoint loaded into backbone.net: {report}")
-        return _IncompatibleKeys(missing_keys=[_NET + k for k in report.missing],
+        heads = [k for k in unwrap_model(self.model).state_dict() if not k.startswith(_NET)]
+        return _IncompatibleKeys(missing_keys=[_NET + k for k in report.missing] + heads,
                                  unexpected_keys=report.unexpected, incorrect_shapes=[])
+
+    def _check_loaded(self, incompatible: _IncompatibleKeys, source: str) -> None:
+        """IncompleteCheckpointError when the load leaves weights that `require` asks for unloaded."""
+        model_keys = list(unwrap_model(self.model).state_dict())
+        unloaded = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+        if len(unloaded) >= len(model_keys):
+            raise IncompleteCheckpointError(
+                f"{source}: none of the model's {len(model_keys)} weights is in this file (its keys: "
+                f"{', '.join(sorted(incompatible.unexpected_keys)[:4])}, ...): is it a detector or backbone "
+                "checkpoint of this architecture?")
+        if self.require == "any":
+            return
+        required = [k for k in model_keys if k in unloaded and (self.require == "all" or k.startswith(_NET))]
+        shapes = [(k, ckpt, own) for k, ckpt, own in incompatible.incorrect_shapes
+                  if self.require == "all" or k.startswith(_NET)]
+        hint = ""
+        for key, ckpt, own in shapes:
+            if key.endswith("cls_score.weight"):  # rows: classes + background
+                hint = (f"The checkpoint was trained for {ckpt[0] - 1} classes, the config builds {own[0] - 1} "
+                        "(model.roi_heads.num_classes).")
+                break
+        else:
+            if shapes:
+                hint = "Shapes differ: " + "; ".join(f"{k}: checkpoint {c}, model {m}" for k, c, m in shapes[:3]) + "."
+        check_complete(source, required, [], _OPT_OUT, hint)
 
     # ------------------------------------------------------------------ writing
     def save(self, name: str, **kwargs) -> None:
@@ -116,12 +155,14 @@ def convert_detector_state(state: dict, model, source: str = "<checkpoint>") -> 
     return {**rest, **{_NET + k: v for k, v in backbone.items()}}, dropped
 
 
-def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True) -> _IncompatibleKeys:
-    """Load a detector checkpoint (official released `.pth`, one of ours, or a backbone-only file) into model.
+def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True,
+                          require: str = "all") -> _IncompatibleKeys:
+    """Load a detector checkpoint (official released `.pth`, one of ours, or a backbone-only file) into model;
+    by default every model weight must load (require, see EVACheckpointer).
 
     Returns detectron2's incompatible keys (missing_keys, unexpected_keys, incorrect_shapes); they are also
     logged. RoPE buffers of official files are dropped, never reported.
     """
-    checkpointer = EVACheckpointer(model, use_ema=use_ema, weights_only=weights_only)
+    checkpointer = EVACheckpointer(model, use_ema=use_ema, weights_only=weights_only, require=require)
     checkpointer.load(path, checkpointables=[])
     return checkpointer.last_incompatible

@@ -1,12 +1,19 @@
-"""Helpers that the LazyConfig files call, so each paper-table config states only its table's values."""
+"""Helpers that the LazyConfig files call, so each paper-table config states only its table's values, and the
+checked command-line overrides of the tools."""
 from __future__ import annotations
+
+import os
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamScheduler
 
-__all__ = ["set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations",
+from eva02.backbone.cli import UsageError, check_override_keys, takes_argument
+
+__all__ = ["apply_overrides", "load_config", "set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations",
            "sys_inference"]
 
 
@@ -80,3 +87,28 @@ def sys_inference(model, score_thresh: float, topk_per_image: int, maskness_thre
         predictor.update(test_score_thresh=score_thresh, test_nms_thresh=0.6, test_topk_per_image=topk_per_image)
     model.roi_heads.update(nms_method="soft_linear", soft_nms_min_score=1e-3, soft_nms_topk=False,
                            maskness_thresh=maskness_thresh)
+
+
+def _lazy_call_argument(node, name: str) -> bool:
+    """A key a LazyCall node does not list yet, but its target takes (e.g. a constructor default)."""
+    target = node.get("_target_")
+    target = locate(target) if isinstance(target, str) else target
+    return target is not None and takes_argument(target, name)
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """LazyConfig.apply_overrides, after checking that every KEY of KEY=VALUE names an entry of the config or an
+    argument of a LazyCall's target: a mistyped key (train.max_itr) is an error naming the closest key instead of
+    a new setting nothing reads."""
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} is not KEY=VALUE")
+    check_override_keys(cfg, [item.split("=", 1)[0] for item in overrides], _lazy_call_argument)
+    return LazyConfig.apply_overrides(cfg, overrides)
+
+
+def load_config(config_file: str, overrides: list[str]):
+    """The LazyConfig file with the checked overrides applied (apply_overrides); UsageError for a missing file."""
+    if not os.path.isfile(config_file):
+        raise UsageError(f"--config-file {config_file}: no such file")
+    return apply_overrides(LazyConfig.load(config_file), overrides)

@@ -23,6 +23,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
+from eva02.backbone.checkpoint import remove_stale_temporaries
+
 from .checkpoint import EVACheckpointer
 from .data import register_all
 from .ema import ModelEMA
@@ -231,6 +233,12 @@ def _eval_weights_use_ema(cfg) -> bool:
     return bool(ema.get("enabled", False) and ema.get("use_for_eval", True))
 
 
+def _require(cfg, default: str) -> str:
+    """Which weights a load must set (EVACheckpointer's `require`): the default, or "any" with
+    train.init_allow_partial (tools/train_det.py --allow-partial)."""
+    return "any" if cfg.train.get("init_allow_partial", False) else default
+
+
 def _ddp(model, cfg, device: str):
     """DistributedDataParallel when world size > 1; on the CPU without device_ids (gloo), and without the
     fp16 gradient compression of the official configs (a saving of GPU all-reduce bandwidth)."""
@@ -252,7 +260,7 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
     trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=amp_dtype(cfg, device), device=device)
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     checkpointables = {"ema_state": ema} if ema is not None else {}
-    checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer,
+    checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer, require=_require(cfg, "backbone"),
                                    weights_only=cfg.train.get("init_weights_only", True), **checkpointables)
 
     def evaluate():
@@ -277,6 +285,8 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
         ) if comm.is_main_process() else None,
         *extra_hooks,
     ])
+    if comm.is_main_process():
+        remove_stale_temporaries(cfg.train.output_dir)
     resuming = resume and checkpointer.has_checkpoint()
     # only initial weights may come from a file's EMA; a resumed checkpoint restores model and EMA as saved
     checkpointer.use_ema = bool(cfg.train.get("init_use_ema", False)) and not resuming
@@ -301,7 +311,7 @@ def run(cfg, eval_only: bool = False, resume: bool = False, extra_hooks=()):
     logger.info(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
     if eval_only:
         use_ema = bool(cfg.train.get("init_use_ema", False)) or _eval_weights_use_ema(cfg)
-        checkpointer = EVACheckpointer(model, cfg.train.output_dir, use_ema=use_ema,
+        checkpointer = EVACheckpointer(model, cfg.train.output_dir, use_ema=use_ema, require=_require(cfg, "all"),
                                        weights_only=cfg.train.get("init_weights_only", True))
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
         return do_test(cfg, _ddp(model, cfg, device))

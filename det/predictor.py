@@ -23,14 +23,17 @@ logger = logging.getLogger("eva02.det")
 
 
 class Predictor:
-    """The config's model in eval mode with its weights and its test-time resize; call with an image."""
+    """The config's model in eval mode with its weights and its test-time resize; call with an image.
+
+    Every model weight must be in `weights` (IncompleteCheckpointError otherwise) unless allow_partial."""
 
     def __init__(self, cfg, weights: str, device: str = "cpu", score_thresh: float | None = None,
-                 use_ema: bool = False, weights_only: bool = True):
+                 use_ema: bool = False, weights_only: bool = True, allow_partial: bool = False):
         self.model = instantiate(cfg.model).to(device).eval()
-        incompatible = load_detector_weights(self.model, weights, use_ema=use_ema, weights_only=weights_only)
-        if incompatible is not None and incompatible.missing_keys:
-            logger.warning(f"{weights}: {len(incompatible.missing_keys)} model weights missing "
+        incompatible = load_detector_weights(self.model, weights, use_ema=use_ema, weights_only=weights_only,
+                                             require="any" if allow_partial else "all")
+        if incompatible.missing_keys:
+            logger.warning(f"{weights}: {len(incompatible.missing_keys)} model weights not in the file "
                            f"(e.g. {incompatible.missing_keys[:3]}): predictions use their initial values")
         if score_thresh is not None:
             for module in self.model.modules():

@@ -46,6 +46,8 @@ class EVA02(TrV):
         init_cfg: mmseg's convention `dict(type="Pretrained", checkpoint=PATH)`, the same as pretrained=PATH.
         strict_pretrained: a pretrained TrV weight left unloaded (or a checkpoint TrV key the model lacks) is an
             error; False only logs it.
+        pretrained_weights_only: read `pretrained` with torch's weights_only loading (False runs pickled code:
+            trusted files only; tools/train_seg.py --unsafe-pickle).
         use_checkpoint: activation checkpointing of every block.
         Other keyword arguments (drop_path_rate, attn_impl, rope_grid, ...) go to TrV.
 
@@ -66,6 +68,7 @@ class EVA02(TrV):
         pretrained: str | None = None,
         init_cfg: dict | None = None,
         strict_pretrained: bool = True,
+        pretrained_weights_only: bool = True,
         **trv_kwargs,
     ):
         if len(out_indices) != len(rescales):
@@ -84,12 +87,14 @@ class EVA02(TrV):
         self.pyramid = Feature2Pyramid(cfg.embed_dim, list(rescales), norm_cfg)
         self.pretrained = pretrained
         self.strict_pretrained = strict_pretrained
+        self.pretrained_weights_only = pretrained_weights_only
 
     def init_weights(self) -> None:
         """Official TrV init, then the pretrained weights if any (mmengine's runner calls this once)."""
         super().init_weights()
         if getattr(self, "pretrained", None):
-            report = load_backbone_weights(self, self.pretrained, strict=self.strict_pretrained)
+            report = load_backbone_weights(self, self.pretrained, weights_only=self.pretrained_weights_only,
+                                           strict=self.strict_pretrained)
             print_log(f"EVA02 backbone: weights from {self.pretrained}\n{report}", logger="current")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -17,16 +17,12 @@ import torch
 from torch import nn
 
 from eva02.backbone import LoadReport, load_checkpoint
-from eva02.backbone.checkpoint import read_weights
+from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_weights
 
 __all__ = ["OFFICIAL_PYRAMID", "IncompleteCheckpointError", "rename_official_pyramid", "load_backbone_weights",
            "load_segmentor_checkpoint"]
 
 OFFICIAL_PYRAMID = (("fpn1.", "pyramid.upsample_4x."), ("fpn2.", "pyramid.upsample_2x."))
-
-
-class IncompleteCheckpointError(ValueError):
-    """Loading would leave model weights at their initial values, or checkpoint weights unused."""
 
 
 def rename_official_pyramid(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -41,19 +37,6 @@ def rename_official_pyramid(sd: dict[str, torch.Tensor], prefix: str = "") -> di
     return out
 
 
-def _check_complete(source: str, missing: list[str], unused: list[str], opt_out: str) -> None:
-    if missing or unused:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model weights would stay at their initial values ({', '.join(missing[:8])}"
-                         f"{', ...' if len(missing) > 8 else ''})")
-        if unused:
-            parts.append(f"{len(unused)} checkpoint tensors fit nowhere ({', '.join(unused[:8])}"
-                         f"{', ...' if len(unused) > 8 else ''})")
-        raise IncompleteCheckpointError(f"{source}: {'; '.join(parts)}. Is it the checkpoint for this config? "
-                                        f"If the partial load is intended, {opt_out}.")
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_only: bool = True,
                           strict: bool = True) -> LoadReport:
     """Load a backbone (`EVA02`) from any TrV layout, or from a whole segmentor checkpoint (ours or official),
@@ -66,7 +49,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_
     has_pyramid = any(k.startswith("pyramid.") for k in report.loaded)
     missing = [k for k in report.missing if has_pyramid or not k.startswith("pyramid.")]
     if strict:
-        _check_complete(source, missing, report.unexpected, "set the backbone's strict_pretrained=False")
+        check_complete(source, missing, report.unexpected, "set the backbone's strict_pretrained=False")
     return report
 
 
@@ -90,7 +73,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike, weights
     missing += [k for k in result.missing_keys if not k.startswith("backbone.")]
     unused = ["backbone." + k for k in report.unexpected + report.skipped] + list(result.unexpected_keys)
     if strict:
-        _check_complete(source, missing, unused, "pass --allow-partial (tools/test_seg.py)")
+        check_complete(source, missing, unused, "pass --allow-partial (tools/test_seg.py)")
     return (f"loaded {source}: backbone {len(report.loaded)} tensors ({'; '.join(report.converted) or 'as is'}), "
             f"heads {len(rest) - len(result.unexpected_keys)} tensors, {len(report.derived)} RoPE buffers "
             f"ignored (recomputed){f'; left unloaded: {missing}; unused: {unused}' if missing or unused else ''}")

@@ -7,13 +7,18 @@ import os.path as osp
 
 import torch
 import torch.distributed as dist
+import mmseg.registry
 from mmengine.config import Config, DictAction
+from mmengine.registry import Registry
+from mmengine.runner import Runner
 
-from eva02.backbone.cli import UsageError, world_size
+from eva02.backbone.cli import UsageError, check_override_keys, takes_argument, world_size
 
 from .optim import fp32_without_gpu
 
-__all__ = ["load_config", "apply_amp", "init_cpu_process_group"]
+__all__ = ["load_config", "apply_amp", "init_cpu_process_group", "check_overrides"]
+
+_REGISTRIES = [r for r in vars(mmseg.registry).values() if isinstance(r, Registry)]
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -27,13 +32,32 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def _registered_argument(node, name: str) -> bool:
+    """A key a `type=...` dict does not list yet, but the registered class (or function) it builds takes."""
+    kind = node.get("type")
+    if isinstance(kind, str):
+        kind = next((found for registry in _REGISTRIES if (found := registry.get(kind)) is not None), None)
+    return callable(kind) and takes_argument(kind, name)
+
+
+def check_overrides(cfg: Config, overrides: dict) -> None:
+    """Every override key names an entry of the config, a top-level argument of mmengine's Runner (work_dir,
+    load_from, randomness, ...) or an argument of the registered class a `type` dict builds; otherwise UsageError
+    with the closest existing key (mmengine would add the typo as a new key that nothing reads)."""
+    root = cfg._cfg_dict
+    check_override_keys(root, list(overrides), lambda node, name: takes_argument(Runner, name) if node is root
+                        else _registered_argument(node, name))
+
+
 def load_config(config_file: str, output: str | None, overrides: list[str]) -> Config:
     """The config with the overrides merged, work_dir = output (default work_dirs/CONFIG_NAME), and the launcher
     "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
     if not osp.isfile(config_file):
         raise UsageError(f"--config-file {config_file}: no such file")
     cfg = Config.fromfile(config_file)
-    cfg.merge_from_dict(parse_overrides(overrides))
+    overrides = parse_overrides(overrides)
+    check_overrides(cfg, overrides)
+    cfg.merge_from_dict(overrides)
     cfg.work_dir = output or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config_file))[0])
     cfg.launcher = "pytorch" if world_size() > 1 else "none"
     os.environ.setdefault("LOCAL_RANK", "0")

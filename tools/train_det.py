@@ -10,7 +10,9 @@
 
 Flags (eva02.backbone.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
 --device, --amp fp16|bf16|off (train.amp), --resume (continue at the last saved iteration of the output folder),
---unsafe-pickle (train.init_weights_only=False), --eval-only, then KEY=VALUE LazyConfig overrides.
+--unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
+by default --eval-only needs every weight in the file and training the whole backbone), --eval-only, then
+KEY=VALUE LazyConfig overrides (a key the config does not have is an error naming the closest one).
 Multi-process: `torchrun --nproc_per_node N tools/train_det.py ...`, or detectron2's own --num-gpus N
 (--num-machines, --machine-rank, --dist-url); gloo on the CPU. Runs on the CPU when no GPU exists.
 """
@@ -23,11 +25,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from detectron2.config import LazyConfig  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool, world_size  # noqa: E402
+from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 
 AMP = {"fp16": dict(enabled=True, precision="float16"), "bf16": dict(enabled=True, precision="bfloat16"),
@@ -40,22 +42,26 @@ def parse_args(argv=None):
     parser.add_argument("--output", metavar="DIR", help="train.output_dir: checkpoints, logs, results")
     parser.add_argument("--weights", metavar="PATH", help="train.init_checkpoint: weights to start from / evaluate")
     parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="train.init_allow_partial: load the weights that fit, leave the others at their init")
     return parser.parse_args(argv)
 
 
-def load_config(args):
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+def config_from_args(args):
+    cfg = load_config(args.config_file, args.opts)
     flags = dict(output_dir=args.output, init_checkpoint=args.weights, device=args.device)
     cfg.train.update({key: value for key, value in flags.items() if value is not None})
     if args.amp:
         cfg.train.amp.update(AMP[args.amp])
     if args.unsafe_pickle:
         cfg.train.init_weights_only = False
+    if args.allow_partial:
+        cfg.train.init_allow_partial = True
     return cfg
 
 
 def main(args) -> int:
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     default_setup(cfg, args)
     run(cfg, eval_only=args.eval_only, resume=args.resume)
     return EXIT_OK

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import read_state_dict, save_atomic
+from ..checkpoint import read_state_dict, remove_stale_temporaries, save_atomic
 from ..layer_decay import MIM_NO_DECAY, param_groups
 from .data import DEFAULT_MASK_RATIO, MIMImageFolder, epoch_keys
 from .model import create_mim_student, mim_loss
@@ -143,6 +143,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
         log.info("resumed %s at step %d", ckpt_path, step)
     if rank == 0:  # the log is rewritten from the checkpoint's history: steps after the last save are redone
         os.makedirs(cfg.output, exist_ok=True)
+        remove_stale_temporaries(cfg.output)
         with open(log_path, "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
     log.info("MIM %s: %d images, %d steps/epoch, %d steps, effective batch %d, lr %.3g, amp %s, teacher %s",

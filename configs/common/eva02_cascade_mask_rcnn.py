@@ -75,6 +75,8 @@ train.update(
     init_checkpoint="",
     init_use_ema=False,  # take the initial weights from the checkpoint's `ema_state`
     init_weights_only=True,  # False unpickles arbitrary objects: only for checkpoint files you trust
+    # False: training needs the whole backbone from init_checkpoint, evaluation every weight; True loads what fits
+    init_allow_partial=False,
     max_iter=60000,
     amp=dict(enabled=True, precision="float16"),  # Tables 27-33: fp16 ("float16" | "bfloat16")
     # With EMA, evaluation during training scores both the raw and the EMA weights (official); use_for_eval

@@ -1,5 +1,6 @@
 """load_checkpoint on every layout of the reference (section 5), built by the test itself."""
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -150,10 +151,6 @@ def test_errors_name_the_file_or_key(tmp_path):
         load_checkpoint(_det_model(), bad)
     with pytest.raises(KeyError, match="ema_state"):
         load_checkpoint(_det_model(), _det_model().state_dict(), use_ema=True)
-    torch.save({"model": _det_model().state_dict(), "meta": np.array([1])}, tmp_path / "np.pth")
-    with pytest.raises(ValueError, match="weights_only=False"):
-        load_checkpoint(_det_model(), tmp_path / "np.pth")
-    assert load_checkpoint(_det_model(), tmp_path / "np.pth", weights_only=False).missing == []
 
 
 def test_a_file_that_is_no_checkpoint_says_so_without_suggesting_unpickling(tmp_path):
@@ -162,6 +159,80 @@ def test_a_file_that_is_no_checkpoint_says_so_without_suggesting_unpickling(tmp_
     with pytest.raises(ValueError, match="random.pth is not a checkpoint") as error:
         read_state_dict(path)
     assert "unsafe" not in str(error.value) and "weights_only=False" not in str(error.value)
-    torch.save({"model": {}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "ns.pth")
-    with pytest.raises(ValueError, match="argparse.Namespace.*--unsafe-pickle"):
-        read_state_dict(tmp_path / "ns.pth")
+
+
+class _RunsCode:
+    """An object whose unpickling calls a function: what weights_only loading exists to refuse."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def _as_numpy1_file(src, dst):
+    """Rewrite a torch.save archive as numpy 1.x wrote it: the numpy globals under `numpy.core` (the module name
+    in released files) instead of numpy 2's `numpy._core`. torch.save pickles with protocol 2, whose GLOBAL
+    opcode spells the module as newline-terminated text, so the rename is a byte substitution."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\n" in data
+                data = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+            zout.writestr(item, data)
+
+
+def test_official_non_tensor_objects_load_with_weights_only(tmp_path):
+    """DeepSpeed's argparse.Namespace and detectron2's numpy scalars / arrays load without --unsafe-pickle,
+    also under the numpy 1 module names of the released files; the objects equal what full unpickling gives."""
+    extras = {"args": argparse.Namespace(lr=1.5e-3, model="eva02_B"), "step": np.float64(2.5),
+              "iteration": np.int64(7), "milestones": np.array([3, 5]), "dtype": np.dtype("float32")}
+    torch.save({"module": _det_model().state_dict(), **extras}, tmp_path / "numpy2.pth")
+    _as_numpy1_file(tmp_path / "numpy2.pth", tmp_path / "numpy1.pth")
+    for name in ("numpy2.pth", "numpy1.pth"):
+        safe = read_state_dict(tmp_path / name)
+        trusted = torch.load(tmp_path / name, weights_only=False)
+        assert safe["args"] == trusted["args"] == extras["args"]
+        for key in ("step", "iteration", "dtype"):
+            assert safe[key] == trusted[key] and type(safe[key]) is type(extras[key])
+        assert np.array_equal(safe["milestones"], extras["milestones"])
+        assert load_checkpoint(_det_model(), tmp_path / name).missing == []
+
+
+def test_objects_that_run_code_are_still_refused(tmp_path, capsys):
+    torch.save({"model": {}, "hook": _RunsCode()}, tmp_path / "code.pth")
+    with pytest.raises(ValueError, match="code.pth holds pickled objects.*print.*--unsafe-pickle") as error:
+        read_state_dict(tmp_path / "code.pth")
+    assert "not a checkpoint" not in str(error.value)
+    assert "unpickled code ran" not in capsys.readouterr().out
+    read_state_dict(tmp_path / "code.pth", weights_only=False)  # the user's explicit choice: it runs
+    assert "unpickled code ran" in capsys.readouterr().out
+
+
+def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    stale = tmp_path / f".model_0000999.pth.tmp.{dead_pid}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".model_0001999.pth.tmp.{os.getppid()}"  # a writer still running: its file stays
+    live.write_bytes(b"being written")
+    keep = [tmp_path / "model_final.pth", tmp_path / ".hidden.tmp", tmp_path / "notes.tmp.12"]
+    for path in keep:
+        path.write_bytes(b"user data")
+    assert remove_stale_temporaries(tmp_path) == [str(stale)]
+    assert not stale.exists() and live.exists() and all(path.exists() for path in keep)
+    assert remove_stale_temporaries(tmp_path / "absent") == []
+
+    def killed_mid_write(tmp):
+        open(tmp, "wb").write(b"partial")
+        raise KeyboardInterrupt  # an interruption Python sees still cleans up; only a SIGKILL leaves the file
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.pth", killed_mid_write)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".x.pth")) == []

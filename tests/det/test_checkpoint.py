@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eva02.backbone import to_official
-from eva02.backbone.checkpoint import resize_patch_kernel
+from eva02.backbone.checkpoint import IncompleteCheckpointError, resize_patch_kernel
 from eva02.det.checkpoint import EVACheckpointer, load_detector_weights
 from eva02.det.engine import build_model
 
@@ -76,8 +76,10 @@ def test_backbone_only_mim_checkpoint_loads_into_backbone_net(small_cfg, tmp_pat
     path = tmp_path / "eva02_pt_p14.pt"
     torch.save({"module": state}, path)
     head_before = model.roi_heads.box_predictor[0].cls_score.weight.clone()
-    incompatible = load_detector_weights(model, str(path))
-    assert incompatible.missing_keys == []
+    with pytest.raises(IncompleteCheckpointError, match=r"eva02_pt_p14.pt: \d+ model weights would stay .*simfp"):
+        load_detector_weights(model, str(path))  # for evaluation, a backbone-only file is no detector
+    incompatible = load_detector_weights(model, str(path), require="backbone")  # a training run's initial weights
+    assert incompatible.missing_keys and not any(k.startswith("backbone.net.") for k in incompatible.missing_keys)
     assert tuple(net.pos_embed.shape) == (1, 1 + 14 * 14, net.embed_dim)
     torch.testing.assert_close(net.patch_embed.proj.weight, resize_patch_kernel(kernel, 16))
     torch.testing.assert_close(model.roi_heads.box_predictor[0].cls_score.weight, head_before)
@@ -90,3 +92,39 @@ def test_checkpoints_are_written_atomically(small_cfg, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temporary left
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     assert torch.load(tmp_path / "model_0000009.pth", weights_only=True)["iteration"] == 9
+
+
+def test_loads_that_leave_weights_unset_are_errors_naming_them(small_cfg, tmp_path):
+    model = build_model(small_cfg, "cpu")
+    state = model.state_dict()
+
+    # Another class count: the file's cls_score rows are classes + 1.
+    small_cfg.model.roi_heads.num_classes = 3
+    three_classes = build_model(small_cfg, "cpu")
+    small_cfg.model.roi_heads.num_classes = model.roi_heads.num_classes
+    torch.save({"model": state}, tmp_path / "other_classes.pth")
+    with pytest.raises(IncompleteCheckpointError, match=rf"other_classes.pth: .*box_predictor.*trained for "
+                                                        rf"{model.roi_heads.num_classes} classes, the config builds 3"):
+        load_detector_weights(three_classes, str(tmp_path / "other_classes.pth"))
+    # fine-tuning on another class set: the backbone is all a training run needs
+    load_detector_weights(three_classes, str(tmp_path / "other_classes.pth"), require="backbone")
+
+    # A backbone weight missing: even a training run's initial weights are refused, naming it.
+    torch.save({"model": {k: v for k, v in state.items() if k != "backbone.net.blocks.1.mlp.w3.weight"}},
+               tmp_path / "no_w3.pth")
+    with pytest.raises(IncompleteCheckpointError, match=r"no_w3.pth: 1 model weights .*blocks.1.mlp.w3.weight"):
+        load_detector_weights(model, str(tmp_path / "no_w3.pth"), require="backbone")
+    incompatible = load_detector_weights(model, str(tmp_path / "no_w3.pth"), require="any")  # the user's opt-out
+    assert incompatible.missing_keys == ["backbone.net.blocks.1.mlp.w3.weight"]
+
+    # Nothing of the model in the file (a segmentor's keys): refused whatever the user allows.
+    torch.save({"model": {"backbone.blocks.0.attn.qkv.weight": torch.zeros(3, 3), "decode_head.conv_seg.weight":
+                          torch.zeros(2, 2)}}, tmp_path / "segmentor.pth")
+    with pytest.raises(IncompleteCheckpointError, match=r"segmentor.pth: none of the model's \d+ weights"):
+        load_detector_weights(model, str(tmp_path / "segmentor.pth"), require="any")
+
+    # A backbone-only file of another width: the shape error names the file, not "<state dict>".
+    torch.save({"module": {"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "pos_embed": torch.zeros(1, 17, 8),
+                           "blocks.0.mlp.w1.weight": torch.zeros(16, 8)}}, tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match=r"narrow.pt: shape mismatch for 'patch_embed.proj.weight'"):
+        load_detector_weights(model, str(tmp_path / "narrow.pt"), require="any")

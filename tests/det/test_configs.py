@@ -87,3 +87,35 @@ def test_shared_structure():
     assert all(p.cls_agnostic_bbox_reg for p in m.roi_heads.box_predictors)
     assert m.roi_heads.mask_head.conv_norm == "LN" and m.input_format == "RGB"
     assert list(m.pixel_mean) == [123.675, 116.28, 103.53]
+
+
+@pytest.mark.parametrize("override, closest", [
+    ("train.max_itr=5", "train.max_iter"),
+    ("model.roi_heads.num_clases=3", "model.roi_heads.num_classes"),
+    ("optimizer.weight_decy=0.05", "optimizer.weight_decay"),
+    # 3 augmentations: no item 7
+    ("dataloader.train.mapper.augmentations.7.min_scale=0.2", "dataloader.train.mapper.augmentations.1.min_scale"),
+])
+def test_an_override_key_the_config_lacks_is_an_error_naming_the_closest(override, closest):
+    from eva02.backbone.cli import UsageError
+    from eva02.det.config import apply_overrides
+
+    with pytest.raises(UsageError, match=f"override {override.split('=')[0]}: the config has no key") as error:
+        apply_overrides(LazyConfig.load(str(ROOT / "configs/coco/eva02_B_bsl.py")), [override])
+    assert f"did you mean {closest}?" in str(error.value)
+
+
+def test_an_override_may_set_an_argument_the_config_leaves_at_its_default():
+    """Keys a LazyCall does not list are fine when its target takes them (detectron2 would add any key)."""
+    import inspect
+
+    from detectron2.modeling.proposal_generator import RPN
+
+    from eva02.det.config import apply_overrides
+
+    cfg = LazyConfig.load(str(ROOT / "configs/coco/eva02_B_bsl.py"))
+    assert "smooth_l1_beta" not in cfg.model.proposal_generator and "depth" not in cfg.model.backbone.net
+    assert "smooth_l1_beta" in inspect.signature(RPN).parameters
+    cfg = apply_overrides(cfg, ["model.proposal_generator.smooth_l1_beta=0.1", "model.backbone.net.depth=2",
+                                "train.max_iter=5"])
+    assert cfg.model.proposal_generator.smooth_l1_beta == 0.1 and cfg.model.backbone.net.depth == 2

@@ -119,3 +119,36 @@ def test_infer_single_image_and_missing_input(inference_run, tmp_path):
     missing = run(tmp_path / "no_such_dir", tmp_path / "x")
     assert missing.returncode == 2 and "no_such_dir: no such image or folder" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def _one_line_error(proc) -> str:
+    """The tool's answer to bad input: exit status 2 and one line (then the --debug hint), no traceback."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    message, hint = proc.stderr.strip().splitlines()[-2:]
+    assert message.startswith("infer_det: ") and hint == "(--debug shows the traceback)"
+    return message
+
+
+@pytest.mark.parametrize("case", ["override typo", "class count", "foreign checkpoint", "garbage checkpoint",
+                                  "missing config"])
+def test_bad_input_is_one_line_naming_the_culprit(inference_run, tmp_path, case):
+    weights, config, extra = inference_run["weights"], CONFIG, []
+    if case == "override typo":
+        extra, expected = ["model.roi_heads.num_clases=3"], "did you mean model.roi_heads.num_classes?"
+    elif case == "class count":  # the config's dataset has the 4 shape classes
+        extra, expected = ["model.roi_heads.num_classes=3"], "num_classes=3 but its test dataset"
+    elif case == "foreign checkpoint":  # a segmentor's keys: not one weight of the detector would load
+        weights = tmp_path / "upernet.pth"
+        torch.save({"state_dict": {"backbone.blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, weights)
+        expected = "upernet.pth: none of the model's"
+    elif case == "garbage checkpoint":
+        weights = tmp_path / "garbage.pth"
+        weights.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8)))
+        expected = "garbage.pth is not a checkpoint"
+    else:
+        config, expected = tmp_path / "eva02_Ti_dte.py", "eva02_Ti_dte.py: no such file"
+    proc = infer_det("--config-file", config, "--weights", weights, "--input", inference_run["photos"] / "000000.png",
+                     "--output", tmp_path / "out", "--device", "cpu", *tiny_overrides(tmp_path / "data"), *extra)
+    assert expected in _one_line_error(proc)
+    assert not (tmp_path / "out" / "predictions.json").exists()

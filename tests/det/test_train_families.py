@@ -71,7 +71,7 @@ def test_o365_initialized_family(make_config, shapes, tmp_path):
 def test_eval_only_writes_server_results(make_config, shapes, tmp_path):
     """--eval-only with train.results_dir (the COCO test-dev override) writes the results json + zip."""
     train_dir = tmp_path / "train"
-    _train_and_eval(make_config, "configs/coco/eva02_B_bsl.py", "shapes_t", 3, train_dir)
+    _train_and_eval(make_config, "configs/coco/eva02_B_bsl.py", "shapes_t", len(SHAPE_CLASSES), train_dir)
     cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path / "eval", num_classes=len(SHAPE_CLASSES))
     cfg.train.update(init_checkpoint=str(train_dir / "model_final.pth"), results_dir=str(tmp_path / "server"))
     results = run(cfg, eval_only=True)

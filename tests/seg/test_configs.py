@@ -139,3 +139,32 @@ def test_configs_build_on_base_pieces_only(repo, name):
                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "_base_")
     assert [b.split("/")[2] for b in bases] == ["models", "datasets", "default_runtime.py", "schedules"]
     assert all(b.startswith("../_base_/") and (repo / "configs" / name).parent.joinpath(b).is_file() for b in bases)
+
+
+@pytest.mark.parametrize("override, closest", [
+    ("train_cfg.max_iter=5", "train_cfg.max_iters"),
+    ("model.backbone.pretraned=x.pt", "model.backbone.pretrained"),
+    ("model.decode_head.num_clases=3", "model.decode_head.num_classes"),
+])
+def test_an_override_key_the_config_lacks_is_an_error_naming_the_closest(repo, override, closest):
+    from eva02.backbone.cli import UsageError
+    from eva02.seg.run import load_config
+
+    with pytest.raises(UsageError, match=f"override {override.split('=')[0]}: the config has no key.*"
+                                         f"did you mean {closest}"):
+        load_config(str(repo / "configs/ade20k/upernet_eva02_B_512.py"), None, [override])
+
+
+def test_an_override_may_set_an_argument_of_the_registered_class_or_the_runner(repo):
+    """mmengine would add any key; new keys pass when the registered class the dict builds takes them (through
+    **kwargs to its base: EVA02 -> TrV's attn_impl), or, at the top, when mmengine's Runner does."""
+    from eva02.seg.run import load_config
+
+    cfg = Config.fromfile(str(repo / "configs/ade20k/upernet_eva02_B_512.py"))
+    assert "attn_impl" not in cfg.model.backbone and "amsgrad" not in cfg.optim_wrapper.optimizer
+    assert "randomness" not in cfg or "seed" not in cfg.randomness
+    cfg = load_config(str(repo / "configs/ade20k/upernet_eva02_B_512.py"), None,
+                      ["model.backbone.attn_impl=math", "optim_wrapper.optimizer.amsgrad=True", "randomness.seed=3",
+                       "train_dataloader.dataset.pipeline.2.scale=(256,256)"])
+    assert cfg.model.backbone.attn_impl == "math" and cfg.optim_wrapper.optimizer.amsgrad is True
+    assert cfg.randomness.seed == 3 and cfg.train_dataloader.dataset.pipeline[2].scale == (256, 256)
