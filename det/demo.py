@@ -189,6 +189,13 @@ def voc_photo_to_coco(output_dir: str, lvis_style: bool = False) -> tuple[str, s
     return str(json_path), str(image_path)
 
 
+def _as_rle(segmentation, height: int, width: int) -> dict:
+    """A COCO segmentation (RLE, or polygons) as one RLE."""
+    if isinstance(segmentation, list):
+        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    return segmentation
+
+
 def ground_truth_as_predictions(json_path: str, metadata) -> list[tuple[dict, dict]]:
     """The annotations of a COCO json as an evaluator's (input, output) per image: every object predicted with
     score 1 and its exact box and mask. Class ids are made contiguous through the metadata's
@@ -205,9 +212,9 @@ def ground_truth_as_predictions(json_path: str, metadata) -> list[tuple[dict, di
         instances.pred_classes = torch.tensor(
             [mapping[a["category_id"]] if mapping else a["category_id"] - 1 for a in anns], dtype=torch.long)
         instances.pred_masks = torch.from_numpy(
-            np.stack([mask_util.decode(a["segmentation"]) for a in anns]).astype(bool)
-            if anns else np.zeros((0, image["height"], image["width"]), dtype=bool))
-        pairs.append(({"image_id": image["id"]}, {"instances": instances}))
+            np.stack([mask_util.decode(_as_rle(a["segmentation"], image["height"], image["width"])) for a in anns])
+            .astype(bool) if anns else np.zeros((0, image["height"], image["width"]), dtype=bool))
+        pairs.append(({"image_id": image["id"], "file_name": image["file_name"]}, {"instances": instances}))
     return pairs
 
 

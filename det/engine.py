@@ -3,7 +3,7 @@
 `run(cfg, eval_only, resume)` builds the model, loads weights (`train.init_checkpoint`, resume), trains with
 `EVATrainer` (AMP fp16 / bf16, EMA) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
 evaluation, metric logging), evaluates with the config's evaluator, prints the AP table, writes
-`results.json`, draws predictions of the first `train.save_predictions` test images and, with
+`results.json` (unreadable images skipped, named and counted), draws predictions of the first `train.save_predictions` test images and, with
 `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and under DDP.
 """
 from __future__ import annotations
@@ -22,14 +22,17 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.registry import locate
 
-from eva02.backbone.checkpoint import remove_stale_temporaries
+from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
 
 from .checkpoint import EVACheckpointer
 from .data import register_all
 from .ema import ModelEMA
+from .unreadable import ReadableOnly, SkipUnreadable
 
-__all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model", "resolve_device", "amp_dtype"]
+__all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
+           "instantiate_with", "resolve_device", "amp_dtype"]
 
 logger = logging.getLogger("eva02.det")
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -124,6 +127,13 @@ def build_model(cfg, device: str):
     return model
 
 
+def instantiate_with(node, **built):
+    """instantiate(node), with some of its arguments given as objects built already (the others are instantiated
+    where they stand, so the config's relative interpolations still resolve)."""
+    target = locate(node._target_) if isinstance(node._target_, str) else node._target_
+    return target(**{key: built[key] if key in built else instantiate(node[key]) for key in node if key != "_target_"})
+
+
 def setup_datasets(cfg) -> None:
     """Register the standard datasets and run the config's `dataloader.setup` (e.g. generating the demo data),
     on the main process first so workers never write the same files."""
@@ -139,21 +149,29 @@ def setup_datasets(cfg) -> None:
 
 def do_test(cfg, model, weights: str = "") -> dict:
     """Evaluate `model` on cfg.dataloader.test with cfg.dataloader.evaluator; prints and returns the results.
+    An image that cannot be read is skipped, logged and left out of the metric (eva02.det.unreadable); the results
+    hold their count ("unreadable_images") and results.json also their files and errors ("unreadable_files").
     weights: a name for the weights evaluated ("raw" / "EMA" during EMA training), used in the log and in the
     results file name (results.json, results_raw.json)."""
-    loader = instantiate(cfg.dataloader.test)
-    evaluator = instantiate(cfg.dataloader.evaluator)
+    # a bad image is skipped and counted, not fatal
+    loader = instantiate_with(cfg.dataloader.test, mapper=SkipUnreadable(instantiate(cfg.dataloader.test.mapper)))
+    model = ReadableOnly(model)
+    metric = instantiate(cfg.dataloader.evaluator)
+    evaluator = metric
     if cfg.train.get("results_dir", ""):
-        evaluator = DatasetEvaluators([evaluator, ServerResultsWriter(_dataset_name(cfg), cfg.train.results_dir)])
+        evaluator = DatasetEvaluators([metric, ServerResultsWriter(_dataset_name(cfg), cfg.train.results_dir)])
     results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process():
         if weights:
             logger.info(f"evaluation results of the {weights} weights:")
         print_csv_format(results)
+        unreadable = getattr(metric, "unreadable", [])
+        for entry in unreadable:
+            logger.warning(f"left out of the evaluation, unreadable: {entry['file_name']} ({entry['error']})")
         os.makedirs(cfg.train.output_dir, exist_ok=True)
         name = "results.json" if weights in ("", "EMA") else f"results_{weights}.json"
-        with open(os.path.join(cfg.train.output_dir, name), "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write(os.path.join(cfg.train.output_dir, name), lambda tmp: open(tmp, "w").write(
+            json.dumps({**results, "unreadable_files": unreadable}, indent=1)))
         if cfg.train.get("save_predictions", 0):
             draw_predictions(model, loader, cfg.train.save_predictions,
                              os.path.join(cfg.train.output_dir, "predictions"),
@@ -181,6 +199,8 @@ class ServerResultsWriter(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
+            if "unreadable" in out:
+                continue
             instances = out["instances"].to("cpu")
             self.predictions.append({"image_id": inp["image_id"],
                                      "instances": instances_to_coco_json(instances, inp["image_id"])})
@@ -213,6 +233,8 @@ def draw_predictions(model, loader, count: int, out_dir: str, metadata, score_th
         for inp, out in zip(inputs, outputs):
             if len(written) >= count:
                 break
+            if "unreadable" in out:
+                continue
             image = read_image(inp["file_name"], format="RGB")
             instances = out["instances"].to("cpu")
             instances = instances[instances.scores >= score_thresh]

@@ -8,13 +8,17 @@ import zipfile
 from pathlib import Path
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
 from eva02.backbone.checkpoint import atomic_write
 
 from .lvis import LVISEvaluator
+from .unreadable import LeavesOutUnreadable
+
+__all__ = ["COCOEvaluator", "SERVER_MAX_DETS_PER_IMAGE", "build_evaluator", "dataset_id_map", "to_coco_results",
+           "top_per_image", "write_coco_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +117,20 @@ def write_coco_results(predictions: list[dict], dataset_name: str, output_dir: s
     return str(json_path), str(zip_path)
 
 
+class COCOEvaluator(LeavesOutUnreadable, D2COCOEvaluator):
+    """detectron2's COCOEvaluator, leaving unreadable images out of the metric
+    (eva02.det.unreadable.LeavesOutUnreadable)."""
+
+    def _dataset_image_ids(self) -> list:
+        return self._coco_api.getImgIds()
+
+    def _evaluate_images(self, img_ids):
+        return D2COCOEvaluator.evaluate(self, img_ids=img_ids)
+
+
 def build_evaluator(dataset_name: str, output_dir: str):
-    """COCOEvaluator, or our LVISEvaluator (numpy-2 safe) for datasets whose evaluator_type is "lvis"."""
-    if getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco") == "lvis":
-        return LVISEvaluator(dataset_name, output_dir=output_dir, distributed=False)
-    return COCOEvaluator(dataset_name, output_dir=output_dir, distributed=False)
+    """The COCO evaluator, or the LVIS one for datasets whose evaluator_type is "lvis" (both eva02's: numpy-2
+    safe, unreadable images left out and counted). Under DDP the predictions of every process are gathered and
+    scored once, on the main process."""
+    lvis = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", "coco") == "lvis"
+    return (LVISEvaluator if lvis else COCOEvaluator)(dataset_name, output_dir=output_dir)

@@ -6,6 +6,7 @@ sampled with weight image_count ** 0.5, using the LVIS v1 per-class image counts
 """
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import numpy as np
@@ -14,6 +15,8 @@ from detectron2.config import LazyCall as L
 from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.evaluation import LVISEvaluator as D2LVISEvaluator
+
+from .unreadable import LeavesOutUnreadable
 
 __all__ = ["FedLossClassWeights", "LVISEvaluator", "repeat_factor_sampler", "numpy_float_alias", "NUM_LVIS_CLASSES"]
 
@@ -52,9 +55,21 @@ def numpy_float_alias():
             del np.float
 
 
-class LVISEvaluator(D2LVISEvaluator):
-    """detectron2's LVISEvaluator, evaluating under numpy_float_alias so lvis's LVISEval runs on numpy 2."""
+class LVISEvaluator(LeavesOutUnreadable, D2LVISEvaluator):
+    """detectron2's LVISEvaluator, evaluating under numpy_float_alias so lvis's LVISEval runs on numpy 2, and
+    leaving unreadable images out of the metric (eva02.det.unreadable.LeavesOutUnreadable)."""
 
-    def evaluate(self):
-        with numpy_float_alias():
-            return super().evaluate()
+    def _dataset_image_ids(self) -> list:
+        return self._lvis_api.get_img_ids()
+
+    def _evaluate_images(self, img_ids):
+        api = self._lvis_api
+        if img_ids is not None:  # LVISEval evaluates the images its ground truth lists: a copy listing these
+            self._lvis_api = copy.copy(api)
+            ids = sorted(img_ids)
+            self._lvis_api.get_img_ids = lambda: ids
+        try:
+            with numpy_float_alias():
+                return D2LVISEvaluator.evaluate(self)
+        finally:
+            self._lvis_api = api

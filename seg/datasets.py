@@ -8,27 +8,27 @@ from __future__ import annotations
 import logging
 import os
 
-import cv2
-import numpy as np
 from mmengine.logging import print_log
 from mmseg.datasets import ADE20KDataset, COCOStuffDataset
 from mmseg.registry import DATASETS
+from PIL import Image
 from tqdm import tqdm
 
-__all__ = ["LayoutCheck", "CheckedADE20KDataset", "CheckedCOCOStuffDataset"]
+__all__ = ["LayoutCheck", "CheckedADE20KDataset", "CheckedCOCOStuffDataset", "unreadable_image"]
 
 
 class LayoutCheck:
     """Mixin: before scanning, make sure the image and label folders exist and hold images.
 
     check_images=True (meant for evaluation sets) also decodes every image and label map once when the
-    dataset is built; unreadable pairs are reported and left out, so one corrupt file does not stop a long
-    evaluation."""
+    dataset is built; unreadable pairs are reported, left out and listed in `unreadable` ('PATH (reason)'), so
+    one corrupt file does not stop a long evaluation."""
 
     LAYOUT = ""  # the standard folder layout, shown in the error
 
     def __init__(self, *args, check_images: bool = False, **kwargs):
         self.check_images = check_images
+        self.unreadable: list[str] = []
         super().__init__(*args, **kwargs)
 
     def filter_data(self) -> list[dict]:
@@ -37,8 +37,9 @@ class LayoutCheck:
             return data_list
         readable, bad = [], []
         for info in tqdm(data_list, desc=f"checking {type(self).__name__} images", mininterval=5):
-            problem = _unreadable(info["img_path"]) or _unreadable(info.get("seg_map_path"))
+            problem = unreadable_image(info["img_path"]) or unreadable_image(info.get("seg_map_path"))
             (bad if problem else readable).append(problem or info)
+        self.unreadable = bad
         for problem in bad:
             print_log(f"skipping unreadable {problem}", logger="current", level=logging.ERROR)
         if bad:
@@ -63,16 +64,20 @@ class LayoutCheck:
         return data_list
 
 
-def _unreadable(path: str | None) -> str | None:
-    """None if the image file decodes, else 'PATH (reason)'."""
+def unreadable_image(path: str | None) -> str | None:
+    """None if the image file decodes completely, else 'PATH (reason)'. PIL decodes to the last byte and raises
+    on a truncated file, where cv2.imread returns the part it got (a truncated JPEG comes back grey below the
+    cut) and mmcv / cv2.imdecode depend on where the file was cut."""
     if path is None:
         return None
     try:
-        with open(path, "rb") as f:
-            ok = cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED) is not None
-    except OSError as e:
-        return f"{path} ({e.strerror})"
-    return None if ok else f"{path} (not a decodable image)"
+        with Image.open(path) as image:
+            image.load()
+    except FileNotFoundError:
+        return f"{path} (no such file)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"{path} ({error})"
+    return None
 
 
 @DATASETS.register_module()

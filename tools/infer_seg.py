@@ -7,12 +7,14 @@
 CHECKPOINT: one of ours or a released official EVA-02 UperNet (read by eva02.seg.load_segmentor_checkpoint; a
 model weight it leaves unloaded stops the run unless --allow-partial is given).
 For every image, DIR/NAME.png holds the image blended with the prediction in the dataset palette and a legend
-of the classes present; DIR/NAME_labels.png the raw label map (class index per pixel). Unreadable images are
-reported and skipped, and the exit status is then 1 (eva02.backbone.cli's convention).
+of the classes present; DIR/NAME_labels.png the raw label map (class index per pixel); DIR/results.json lists
+what was segmented and the unreadable images (missing, not an image, or truncated: each file is decoded to its
+last byte first), which are reported and skipped; the exit status is then 1 (eva02.backbone.cli's convention).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import os.path as osp
 import sys
@@ -21,7 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from eva02.backbone.checkpoint import atomic_write
 from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, add_common_args, list_images, run_tool
+from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
 
 
@@ -40,12 +44,13 @@ def main(argv=None) -> int:
                              strict=not args.allow_partial)
     print(predictor.load_summary)
     os.makedirs(args.output, exist_ok=True)
-    failed = []
+    failed, segmented = [], []
     for path in tqdm(images, desc="segmenting", unit="img"):
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        problem = unreadable_image(str(path))  # cv2.imread alone would segment the part of a truncated file
+        img = None if problem else cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            tqdm.write(f"skipping {path}: not a readable image")
-            failed.append(str(path))
+            tqdm.write(f"skipping unreadable {problem or path}")
+            failed.append(problem or str(path))
             continue
         labels = predictor(img)
         stem = osp.splitext(osp.basename(path))[0]
@@ -53,7 +58,10 @@ def main(argv=None) -> int:
                     overlay(img, labels, predictor.palette, predictor.classes, args.opacity))
         cv2.imwrite(osp.join(args.output, f"{stem}_labels.png"),
                     labels.astype(np.uint16 if len(predictor.classes) > 255 else np.uint8))
-    print(f"{len(images) - len(failed)} of {len(images)} images segmented -> {args.output}")
+        segmented.append({"file_name": str(path), "overlay": f"{stem}.png", "labels": f"{stem}_labels.png"})
+    atomic_write(osp.join(args.output, "results.json"), lambda tmp: open(tmp, "w").write(json.dumps(
+        {"segmented": segmented, "unreadable_images": len(failed), "unreadable_files": failed}, indent=1)))
+    print(f"{len(segmented)} of {len(images)} images segmented, {len(failed)} unreadable -> {args.output}")
     if failed:
         print(f"{len(failed)} unreadable: {', '.join(failed)}", file=sys.stderr)
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -10,19 +10,25 @@ of it that fits nowhere, stops the run unless --allow-partial is given.
 
 --ms-flip: multi-scale (the config's tta_pipeline, ratios 0.5-1.75) + horizontal flip, logits averaged.
 --show-dir: every prediction drawn next to its ground truth, saved under D.
-The metrics (mIoU, mAcc, aAcc) are logged and written to WORK_DIR/TIMESTAMP/TIMESTAMP.json. Unreadable images
-are reported and left out. Multi-GPU: torchrun --nproc_per_node N tools/test_seg.py ...
+The metrics (mIoU, mAcc, aAcc) are logged and written to WORK_DIR/TIMESTAMP/TIMESTAMP.json and, with the
+unreadable images (every image and label map is decoded once first; a bad pair is reported and left out) and
+their count, to WORK_DIR/results.json; the exit status is then 1. Multi-GPU: torchrun --nproc_per_node N
+tools/test_seg.py ...
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from eva02.backbone.cli import EXIT_OK, UsageError, add_common_args, run_tool
+from eva02.backbone.checkpoint import atomic_write
+from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool
 from eva02.seg import load_segmentor_checkpoint
 from eva02.seg.run import init_cpu_process_group, load_config
 
@@ -63,8 +69,17 @@ def main(argv=None) -> int:
     segmentor = getattr(model, "module", model)  # the segmentor inside the --ms-flip TTA wrapper
     print_log(load_segmentor_checkpoint(segmentor, args.weights, weights_only=not args.unsafe_pickle,
                                         strict=not args.allow_partial), logger="current")
-    runner.test()
-    return EXIT_OK
+    metrics = runner.test()
+    unreadable = getattr(runner.test_dataloader.dataset, "unreadable", [])
+    if is_main_process():
+        for problem in unreadable:
+            print(f"left out, unreadable: {problem}")
+        print(f"test_seg: {len(unreadable)} unreadable images left out; "
+              f"metrics: {', '.join(f'{k} {v:.2f}' for k, v in metrics.items())}")
+        path = os.path.join(cfg.work_dir, "results.json")
+        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(
+            {**metrics, "unreadable_images": len(unreadable), "unreadable_files": unreadable}, indent=1, default=float)))
+    return EXIT_PARTIAL if unreadable else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Flags (eva02.backbone.cli's convention): --output DIR (train.output_dir), --weig
 --unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
 by default --eval-only needs every weight in the file and training the whole backbone), --eval-only, then
 KEY=VALUE LazyConfig overrides (a key the config does not have is an error naming the closest one).
+Exit status 1 when --eval-only left unreadable images out (they are named in the log and in results.json).
 Multi-process: `torchrun --nproc_per_node N tools/train_det.py ...`, or detectron2's own --num-gpus N
 (--num-machines, --machine-rank, --dist-url); gloo on the CPU. Runs on the CPU when no GPU exists.
 """
@@ -28,7 +29,7 @@ import torch.distributed as dist  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool, world_size  # noqa: E402
+from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, add_common_args, run_tool, world_size  # noqa: E402
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 
@@ -63,8 +64,8 @@ def config_from_args(args):
 def main(args) -> int:
     cfg = config_from_args(args)
     default_setup(cfg, args)
-    run(cfg, eval_only=args.eval_only, resume=args.resume)
-    return EXIT_OK
+    results = run(cfg, eval_only=args.eval_only, resume=args.resume)
+    return EXIT_PARTIAL if args.eval_only and results.get("unreadable_images") else EXIT_OK
 
 
 def launch_main(argv=None) -> int:
@@ -74,6 +75,8 @@ def launch_main(argv=None) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         comm.create_local_process_group(int(os.environ["LOCAL_WORLD_SIZE"]))
+        return main(args)
+    if args.num_gpus * args.num_machines <= 1:
         return main(args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -12,6 +12,7 @@ from detectron2.config import LazyCall as L
 
 from eva02.det.backbone import TrVBackbone
 from eva02.det.config import set_input_size, step_schedule
+from eva02.det.evaluation import COCOEvaluator
 from eva02.det.solver import layer_decay_param_groups
 
 # ---------------------------------------------------------------- model
@@ -57,6 +58,7 @@ dataloader.train.mapper.update(image_format="RGB", use_instance_mask=True, recom
 dataloader.train.total_batch_size = 128  # Tables 28-31 (L COCO bsl 144; O365 160; O365-initialized 64)
 dataloader.train.num_workers = 4
 dataloader.test.num_workers = 2
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")  # unreadable images left out
 set_input_size(model, dataloader, 1024)
 
 # ---------------------------------------------------------------- optimization

@@ -124,3 +124,55 @@ def test_lvis_evaluation_aliases_np_float_only_while_it_runs(tmp_path):
     results = evaluate_voc_photo(str(tmp_path), lvis_style=True)
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert not hasattr(np, "float")
+
+
+@pytest.mark.parametrize("lvis_style", [False, True], ids=["coco", "lvis"])
+def test_unreadable_images_are_left_out_and_counted(tmp_path, lvis_style):
+    """An image the loader could not read is not scored as an image without detections: the AP equals
+    pycocotools' / lvis' own evaluation restricted to the other images, and the count and file are reported."""
+    from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+    from lvis import LVIS, LVISEval, LVISResults
+
+    from eva02.det.demo import make_shapes_dataset, register_shapes
+    from eva02.det.lvis import numpy_float_alias
+
+    paths = make_shapes_dataset(tmp_path, num_train=0, num_val=4, image_size=64, seed=3, lvis=lvis_style)
+    _, name = register_shapes(paths, "unreadable_v1" if lvis_style else "unreadable", lvis=lvis_style)
+    metadata = MetadataCatalog.get(name)
+    pairs = ground_truth_as_predictions(paths["val_json"], metadata)
+    for _, outputs in pairs:  # imperfect predictions, so that leaving an image out changes the AP
+        outputs["instances"].pred_boxes.tensor[:1] += 6.0
+    bad_input = pairs[1][0]
+    evaluator = build_evaluator(name, str(tmp_path / "eval"))
+    evaluator.reset()
+    for inputs, outputs in pairs:
+        evaluator.process([inputs], [{"unreadable": "OSError: image file is truncated"} if inputs is bad_input
+                                     else outputs])
+    results = evaluator.evaluate()
+    assert results["unreadable_images"] == 1
+    assert evaluator.unreadable == [{"file_name": bad_input["file_name"], "image_id": bad_input["image_id"],
+                                     "error": "OSError: image file is truncated"}]
+
+    # The reference: the libraries' own evaluation of the same detections on the three readable images.
+    offset = 1 if lvis_style else 0  # LVIS ids are contiguous class + 1; the COCO json's are remapped
+    id_map = {v: k for k, v in metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+    detections = [{"image_id": d["image_id"], "bbox": d["bbox"], "score": d["score"],
+                   "category_id": id_map.get(d["category_id"], d["category_id"] + offset)}
+                  for inputs, outputs in pairs if inputs is not bad_input
+                  for d in instances_to_coco_json(outputs["instances"], inputs["image_id"])]
+    read_ids = sorted(inputs["image_id"] for inputs, _ in pairs if inputs is not bad_input)
+    if lvis_style:
+        gt = LVIS(paths["val_json"])
+        with numpy_float_alias():
+            reference = LVISEval(gt, LVISResults(gt, detections), "bbox")
+            reference.params.img_ids = read_ids
+            reference.run()
+        expected = reference.results["AP"] * 100
+    else:
+        gt = COCO(paths["val_json"])
+        reference = COCOeval(gt, gt.loadRes(detections), "bbox")
+        reference.params.imgIds = read_ids
+        reference.evaluate(), reference.accumulate(), reference.summarize()
+        expected = reference.stats[0] * 100
+    assert results["bbox"]["AP"] == pytest.approx(expected, abs=1e-6)
+    assert expected < 99  # the shifted boxes cost AP: the comparison is not 100 against 100

@@ -81,3 +81,24 @@ def test_eval_only_writes_server_results(make_config, shapes, tmp_path):
     detections = json.loads((tmp_path / "server" / written[0]).read_text())
     assert detections and {d["category_id"] for d in detections} <= set(range(1, len(SHAPE_CLASSES) + 1))
     assert {"image_id", "bbox", "score", "segmentation"} <= detections[0].keys()
+
+
+def test_eval_only_skips_a_truncated_image_and_counts_it(make_config, tmp_path):
+    """--eval-only on a test set with a truncated image: evaluation finishes on the other images; the count is in
+    the results (printed by print_csv_format) and results.json names the file and the error."""
+    from eva02.det.demo import make_shapes_dataset, register_shapes
+
+    paths = make_shapes_dataset(tmp_path / "data", num_train=2, num_val=3, image_size=64, seed=5)
+    register_shapes(paths, "shapes_truncated")
+    truncated = tmp_path / "data" / "val" / "000001.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    cfg = make_config("configs/coco/eva02_B_bsl.py", tmp_path / "eval", "shapes_truncated_train",
+                      "shapes_truncated_val", num_classes=len(SHAPE_CLASSES))
+    torch.save({"model": build_model(cfg, "cpu").state_dict()}, tmp_path / "weights.pth")
+    cfg.train.init_checkpoint = str(tmp_path / "weights.pth")
+    results = run(cfg, eval_only=True)
+    assert results["unreadable_images"] == 1 and "AP" in results["bbox"]
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert written["unreadable_images"] == 1
+    (entry,) = written["unreadable_files"]
+    assert entry["file_name"] == str(truncated) and "truncated" in entry["error"]

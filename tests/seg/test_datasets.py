@@ -45,10 +45,15 @@ def test_coco_stuff_layout_error(tmp_path):
 
 
 def test_unreadable_images_are_reported_and_skipped(tmp_path):
-    root = make_shapes_dataset(str(tmp_path / "shapes"), num_train=2, num_val=3, size=32, progress=False)
+    root = make_shapes_dataset(str(tmp_path / "shapes"), num_train=2, num_val=3, size=96, progress=False)
     bad = os.path.join(root, "images", "validation", "00001.jpg")
     with open(bad, "wb") as f:
         f.write(b"not a jpeg")
+    truncated = os.path.join(root, "images", "validation", "00002.jpg")
+    whole = open(truncated, "rb").read()
+    with open(truncated, "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    assert cv2.imread(truncated) is not None  # decoded in part by cv2: the check must not rely on it
     records = []
     handler = logging.Handler(logging.ERROR)
     handler.emit = records.append
@@ -58,9 +63,11 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path):
         ds = ade(root, check_images=True)
     finally:
         logger.removeHandler(handler)
-    assert len(ds) == 2 and bad not in [d["img_path"] for d in ds]
+    assert [os.path.basename(d["img_path"]) for d in ds] == ["00000.jpg"]
     assert any(f"skipping unreadable {bad}" in r.getMessage() for r in records)
-    assert len(ade(root)) == 3  # without the check the file is listed
+    assert [problem.split(" (")[0] for problem in ds.unreadable] == [bad, truncated]
+    assert "truncated" in ds.unreadable[1]
+    assert len(ade(root)) == 3  # without the check the files are listed
 
 
 def test_generated_shapes_follow_the_ade_convention(tmp_path):
