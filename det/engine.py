@@ -2,9 +2,9 @@
 
 `run(cfg, eval_only, resume)` builds the model, loads weights (`train.init_checkpoint`, resume), trains with
 `EVATrainer` (AMP fp16 / bf16, EMA) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
-evaluation, metric logging), evaluates with the config's evaluator, prints the AP table, writes
-`results.json` (unreadable images skipped, named and counted), draws predictions of the first `train.save_predictions` test images and, with
-`train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and under DDP.
+evaluation, metric logging), evaluates with the config's evaluator (unreadable images skipped, named and
+counted), prints the AP table, writes `results.json`, draws predictions of the first `train.save_predictions`
+test images and, with `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and under DDP.
 """
 from __future__ import annotations
 

@@ -77,8 +77,8 @@ def main(argv=None) -> int:
         print(f"test_seg: {len(unreadable)} unreadable images left out; "
               f"metrics: {', '.join(f'{k} {v:.2f}' for k, v in metrics.items())}")
         path = os.path.join(cfg.work_dir, "results.json")
-        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(
-            {**metrics, "unreadable_images": len(unreadable), "unreadable_files": unreadable}, indent=1, default=float)))
+        results = {**metrics, "unreadable_images": len(unreadable), "unreadable_files": unreadable}
+        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=1, default=float)))
     return EXIT_PARTIAL if unreadable else EXIT_OK
 
 
