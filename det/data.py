@@ -5,15 +5,28 @@ Registered names below `$DETECTRON2_DATASETS` (default `./datasets`), as detectr
   objects365_v2_{train,val}                             (added here)
 A dataset whose json or image folder is missing raises FileNotFoundError naming the expected path and layout
 when it is first loaded (not at import, so unrelated runs never need the files).
+
+`check_training_dataset` runs once before the first training iteration, with this rule:
+  - an image file the annotations name but the folder lacks stops the run (count and first files named): a
+    dataset with holes is the wrong dataset;
+  - a degenerate annotation (box width or height <= 0, a polygon of fewer than 3 points) is dropped and counted;
+    its image stays (detectron2 already leaves out images without any annotation, and says how many);
+  - no annotation left at all stops the run.
+An image that exists but cannot be decoded is skipped when the loader meets it, with a warning naming it
+(eva02.det.unreadable.SkipUnreadable): decoding every image up front would cost minutes on COCO.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.structures import BoxMode
 
-__all__ = ["DATASET_LAYOUT", "register_all"]
+__all__ = ["DATASET_LAYOUT", "check_training_dataset", "register_all"]
+
+logger = logging.getLogger(__name__)
 
 DATASET_LAYOUT = """\
 $DETECTRON2_DATASETS/
@@ -65,3 +78,29 @@ def register_all() -> None:
         wrapped = _checked_loader(name, load)
         wrapped._eva02_checked = True
         DatasetCatalog.register(name, wrapped)
+
+
+def _degenerate(annotation: dict) -> bool:
+    _, _, width, height = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYWH_ABS)
+    polygons = annotation.get("segmentation")
+    return width <= 0 or height <= 0 or (isinstance(polygons, list) and any(len(p) < 6 for p in polygons))
+
+
+def check_training_dataset(dataset_dicts: list[dict], name: str) -> list[dict]:
+    """Apply the module docstring's rule to a training set's dicts (in place); returns them."""
+    missing = [d["file_name"] for d in dataset_dicts if not os.path.isfile(d["file_name"])]
+    if missing:
+        raise FileNotFoundError(f"training set {name}: {len(missing)} of {len(dataset_dicts)} image files named in "
+                                f"its annotations do not exist (first: {', '.join(missing[:3])}); fix the image "
+                                f"folder or the annotation file")
+    dropped = 0
+    for record in dataset_dicts:
+        kept = [a for a in record.get("annotations", []) if not _degenerate(a)]
+        dropped += len(record.get("annotations", [])) - len(kept)
+        record["annotations"] = kept
+    if dropped:
+        logger.warning(f"training set {name}: dropped {dropped} degenerate annotations (box width or height <= 0, "
+                       "or a polygon of fewer than 3 points)")
+    if not any(record["annotations"] for record in dataset_dicts):
+        raise ValueError(f"training set {name}: no usable annotation in {len(dataset_dicts)} images")
+    return dataset_dicts

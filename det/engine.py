@@ -16,6 +16,7 @@ import time
 import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer, create_ddp_model, hooks
 from detectron2.engine.train_loop import HookBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
@@ -27,8 +28,9 @@ from detectron2.utils.registry import locate
 from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
 
 from .checkpoint import EVACheckpointer
-from .data import register_all
+from .data import check_training_dataset, register_all
 from .ema import ModelEMA
+from .resume import ResumableSampler, RNGState, rng_preserved
 from .unreadable import ReadableOnly, SkipUnreadable
 
 __all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
@@ -65,8 +67,10 @@ def amp_dtype(cfg, device: str) -> torch.dtype | None:
 class EVATrainer(SimpleTrainer):
     """SimpleTrainer with optional autocast (float16 with a grad scaler, or bfloat16) on any device."""
 
-    def __init__(self, model, data_loader, optimizer, precision: torch.dtype | None = None, device: str = "cpu"):
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype | None = None, device: str = "cpu",
+                 rng: RNGState | None = None):
         super().__init__(model, data_loader, optimizer)
+        self.rng = rng  # generator states restored from a checkpoint, torch's applied after the next fetch
         self.precision = precision
         self.device_type = torch.device(device).type
         use_scaler = precision == torch.float16 and self.device_type == "cuda"
@@ -77,6 +81,8 @@ class EVATrainer(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        if self.rng is not None:
+            self.rng.apply_pending()
         with torch.autocast(self.device_type, dtype=self.precision or torch.float32, enabled=self.precision is not None):
             loss_dict = self.model(data)
             losses = sum(loss_dict.values())
@@ -131,7 +137,7 @@ def instantiate_with(node, **built):
     """instantiate(node), with some of its arguments given as objects built already (the others are instantiated
     where they stand, so the config's relative interpolations still resolve)."""
     target = locate(node._target_) if isinstance(node._target_, str) else node._target_
-    return target(**{key: built[key] if key in built else instantiate(node[key]) for key in node if key != "_target_"})
+    return target(**{key: instantiate(node[key]) for key in node if key != "_target_" and key not in built}, **built)
 
 
 def setup_datasets(cfg) -> None:
@@ -277,14 +283,21 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
     after the standard ones. Returns the latest logged metrics."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train = cfg.dataloader.train
+    dataset = check_training_dataset(instantiate(train.dataset), str(train.dataset.get("names", "")))
+    sampler = ResumableSampler(instantiate(train.sampler) if train.get("sampler") is not None
+                               else TrainingSampler(len(dataset)))
+    train_loader = instantiate_with(train, dataset=dataset, sampler=sampler,
+                                    mapper=SkipUnreadable(instantiate(train.mapper), drop=True))
     ddp_model = _ddp(model, cfg, device)
-    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=amp_dtype(cfg, device), device=device)
+    rng = RNGState()
+    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=amp_dtype(cfg, device), device=device, rng=rng)
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
-    checkpointables = {"ema_state": ema} if ema is not None else {}
+    checkpointables = {"rng_state": rng, **({"ema_state": ema} if ema is not None else {})}
     checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer, require=_require(cfg, "backbone"),
                                    weights_only=cfg.train.get("init_weights_only", True), **checkpointables)
 
+    @rng_preserved()  # training continues as if no evaluation had run (and as a resumed run, which did not)
     def evaluate():
         if ema is None:
             return do_test(cfg, model)
@@ -302,7 +315,9 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter(
             [CommonMetricPrinter(cfg.train.max_iter),
-             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"))],
+             # each line: the median of the iterations since the previous line (detectron2's default window
+             # of 20 would carry iterations before a resume into the lines after it)
+             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"), window_size=cfg.train.log_period)],
             period=cfg.train.log_period,
         ) if comm.is_main_process() else None,
         *extra_hooks,
@@ -316,6 +331,8 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
     checkpointer.use_ema = False
     start_iter = trainer.iter + 1 if resuming else 0
     if start_iter:
+        # the data stream continues after the images already trained on (the generators came with the checkpoint)
+        sampler.skip = start_iter * (train.total_batch_size // comm.get_world_size())
         logger.info(f"resuming from iteration {start_iter}")
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer.storage.latest() if comm.is_main_process() else {}

@@ -3,7 +3,8 @@ the metric (not scored as an image without detections).
 
 The three pieces, which `eva02.det.engine.do_test` puts together:
   - `SkipUnreadable(mapper)`: the dataset mapper, but a missing, truncated or undecodable image gives
-    {"file_name", "image_id", "unreadable": reason} (and a warning) instead of raising in a loader worker;
+    {"file_name", "image_id", "unreadable": reason} (and a warning) instead of raising in a loader worker
+    (training uses it too, with drop=True);
   - `ReadableOnly(model)`: runs the model on the readable inputs of a batch and answers {"unreadable": reason}
     for the others, so inputs and outputs stay aligned for the evaluators;
   - `LeavesOutUnreadable`: a mixin for COCO / LVIS evaluators that evaluates on the images that were read, adds
@@ -28,17 +29,21 @@ READ_ERRORS = (OSError, SyntaxError, SizeMismatchError)
 
 
 class SkipUnreadable:
-    """A dataset mapper whose unreadable images become {"file_name", "image_id", "unreadable": reason}."""
+    """A dataset mapper whose unreadable images become {"file_name", "image_id", "unreadable": reason}, or with
+    drop=True (training) None, which detectron2's training loader skips (the next sample takes its place)."""
 
-    def __init__(self, mapper):
+    def __init__(self, mapper, drop: bool = False):
         self.mapper = mapper
+        self.drop = drop
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict) -> dict | None:
         try:
             return self.mapper(dataset_dict)
         except READ_ERRORS as error:
             reason = f"{type(error).__name__}: {error}"
             logger.warning(f"skipping unreadable image {dataset_dict['file_name']} ({reason})")
+            if self.drop:
+                return None
             return {"file_name": dataset_dict["file_name"], "image_id": dataset_dict.get("image_id"),
                     "unreadable": reason}
 

@@ -58,3 +58,28 @@ def test_fed_loss_weights_are_lvis_image_counts_sqrt():
     from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
     first = min(LVIS_CATEGORY_IMAGE_COUNT, key=lambda c: c["id"])
     assert w[0] == pytest.approx(first["image_count"] ** 0.5) and torch.all(w >= 1)
+
+
+def test_training_set_check_fails_on_missing_files_and_drops_degenerate_annotations(tmp_path, caplog):
+    from detectron2.structures import BoxMode
+
+    from eva02.det.data import check_training_dataset
+
+    present = tmp_path / "a.png"
+    present.write_bytes(b"")
+
+    def record(name, *annotations):
+        return {"file_name": str(tmp_path / name), "annotations": [
+            {"bbox": list(box), "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "segmentation": polygons}
+            for box, polygons in annotations]}
+
+    square = [[0, 0, 4, 0, 4, 4, 0, 4]]
+    dicts = [record("a.png", ((0, 0, 4, 4), square), ((1, 1, 0, 5), square), ((0, 0, 3, 3), [[0, 0, 3, 3]])),
+             record("a.png", ((2, 2, 4, 4), square))]
+    checked = check_training_dataset(dicts, "toy")
+    assert [len(r["annotations"]) for r in checked] == [1, 1]  # the zero-width box and the 2-point polygon
+    assert "dropped 2 degenerate annotations" in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"toy: 2 of 3 image files .*gone.png"):
+        check_training_dataset([dicts[0], record("gone.png"), record("gone2.png")], "toy")
+    with pytest.raises(ValueError, match="toy: no usable annotation in 1 images"):
+        check_training_dataset([record("a.png", ((0, 0, 0, 0), square))], "toy")

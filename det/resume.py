@@ -1,0 +1,94 @@
+"""What a detection run needs so that a resumed run computes what the uninterrupted one would have.
+
+detectron2 restores the model, optimizer, lr scheduler, grad scaler and (with eva02's checkpointer) the EMA on
+resume, but restarts the data stream and the random number generators from the beginning: the resumed run then
+trains on the first batches again, with other RPN / RoI samples and augmentations. Here:
+  - `RNGState`: a checkpointable holding the main process's torch / CUDA / numpy / Python generator states;
+  - `ResumableSampler`: a training sampler that continues its stream after the samples already trained on;
+  - `rng_preserved()`: evaluation in the middle of training leaves the generators as it found them, so a run
+    with evaluation trains exactly as one without (and a resumed run, which did not evaluate, matches).
+With num_workers=0 a resumed single-process run equals the uninterrupted one to the last bit; with loader
+workers the samples continue where they stopped, while the workers' augmentation generators restart.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+
+import numpy as np
+import torch
+import torch.utils.data as torchdata
+
+__all__ = ["RNGState", "ResumableSampler", "rng_preserved"]
+
+
+def _capture() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {  # tensors and plain numbers only: the checkpoint stays loadable with weights_only=True
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
+    }
+
+
+def _restore(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+class RNGState:
+    """The generator states of this process as a checkpointable (state_dict / load_state_dict).
+
+    Loading restores numpy and Python's generators at once (the data augmentations of the next batch draw from
+    them) and torch's at `apply_pending()`, which the trainer calls once the next batch is fetched: the first
+    fetch of a resumed run creates the loader's iterator, which draws a seed from torch's generator, a draw the
+    uninterrupted run made at its start."""
+
+    def __init__(self):
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        return _capture()
+
+    def load_state_dict(self, state: dict) -> None:
+        _restore(state)
+        self._pending = state
+
+    def apply_pending(self) -> None:
+        if self._pending is not None:
+            torch.set_rng_state(self._pending["torch"])
+            if self._pending["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._pending["cuda"])
+            self._pending = None
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Run the block, then put every generator back as it was before."""
+    state = _capture()
+    try:
+        yield
+    finally:
+        _restore(state)
+
+
+class ResumableSampler(torchdata.Sampler):
+    """A detectron2 training sampler (TrainingSampler, RepeatFactorTrainingSampler: infinite, each process
+    taking every world_size-th index) that skips the first `skip` indices of this process's stream: set
+    skip = iterations done x images per process per iteration when resuming."""
+
+    def __init__(self, sampler: torchdata.Sampler, skip: int = 0):
+        self.sampler = sampler
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
