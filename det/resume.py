@@ -5,44 +5,22 @@ resume, but restarts the data stream and the random number generators from the b
 trains on the first batches again, with other RPN / RoI samples and augmentations. Here:
   - `RNGState`: a checkpointable holding the main process's torch / CUDA / numpy / Python generator states;
   - `ResumableSampler`: a training sampler that continues its stream after the samples already trained on;
-  - `rng_preserved()`: evaluation in the middle of training leaves the generators as it found them, so a run
-    with evaluation trains exactly as one without (and a resumed run, which did not evaluate, matches).
+  - `rng_preserved()` (eva02.backbone.rng) around evaluation in the middle of training: it leaves the generators
+    as it found them, so a run with evaluation trains exactly as one without (and a resumed run, which did not
+    evaluate, matches).
 With num_workers=0 a resumed single-process run equals the uninterrupted one to the last bit; with loader
 workers the samples continue where they stopped, while the workers' augmentation generators restart.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
-import random
 
-import numpy as np
 import torch
 import torch.utils.data as torchdata
 
+from eva02.backbone.rng import capture_rng, restore_rng, rng_preserved
+
 __all__ = ["RNGState", "ResumableSampler", "rng_preserved"]
-
-
-def _capture() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, python_state, python_gauss = random.getstate()
-    return {  # tensors and plain numbers only: the checkpoint stays loadable with weights_only=True
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "gauss": gauss},
-        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
-    }
-
-
-def _restore(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 class RNGState:
@@ -57,10 +35,10 @@ class RNGState:
         self._pending: dict | None = None
 
     def state_dict(self) -> dict:
-        return _capture()
+        return capture_rng()
 
     def load_state_dict(self, state: dict) -> None:
-        _restore(state)
+        restore_rng(state)
         self._pending = state
 
     def apply_pending(self) -> None:
@@ -69,16 +47,6 @@ class RNGState:
             if self._pending["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(self._pending["cuda"])
             self._pending = None
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    """Run the block, then put every generator back as it was before."""
-    state = _capture()
-    try:
-        yield
-    finally:
-        _restore(state)
 
 
 class ResumableSampler(torchdata.Sampler):

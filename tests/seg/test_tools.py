@@ -37,6 +37,7 @@ test_dataloader = val_dataloader
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=2))
 train_cfg = dict(max_iters={train_cfg.get('max_iters', 2)}, val_interval=100)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, save_best=None))
+log_processor = dict(window_size=1)  # each logged loss is that iteration's, not a running mean
 """)
     return path
 
@@ -141,3 +142,44 @@ def test_infer_writes_overlays_and_skips_bad_images(demo_run, repo, run_tool, tm
     assert labels.shape == (128, 100) and labels.max() < 5
     assert overlay.shape[0] >= 128 and overlay.shape[1] > 100  # image + legend panel
     assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def _per_iteration(work) -> dict[int, dict]:
+    """The last logged loss and lr of each iteration (a resumed run logs the redone ones again)."""
+    rows = {}
+    for path in sorted(Path(work).glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "loss" in row:
+                rows[row["iter"]] = {"loss": row["loss"], "lr": row["lr"]}
+    return rows
+
+
+def test_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_result(repo, tmp_path, run_tool):
+    """SIGKILL inside the write of iter_4.pth (tests/kill_during_save.py): the previous checkpoint stays the last
+    one, the next start removes the temporary file, and the resumed run ends with the uninterrupted run's
+    weights, optimizer state, and the loss and lr of every iteration."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SHAPES_ROOT": str(tmp_path / "data"), "OMP_NUM_THREADS": "2"}
+    config = tiny_config(repo, tmp_path, max_iters=6)
+    run_tool("train_seg.py", "--config-file", config, "--output", tmp_path / "straight", env=env)
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, str(repo / "tests/kill_during_save.py"), "2", r"^iter_\d+\.pth$",
+                           str(repo / "tools/train_seg.py"), "--config-file", str(config), "--output", str(killed)],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert Path(killed, "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    assert [p.name.split(".tmp.")[0] for p in killed.iterdir() if ".tmp." in p.name] == [".iter_4.pth"]
+
+    resumed = run_tool("train_seg.py", "--config-file", config, "--output", killed, "--resume", env=env)
+    assert "temporary file(s) of killed checkpoint writes" in resumed.stdout + resumed.stderr
+    assert not [p.name for p in killed.iterdir() if ".tmp." in p.name]
+    assert _per_iteration(killed) == _per_iteration(tmp_path / "straight")
+    final, reference = last_iter_checkpoint(killed), last_iter_checkpoint(tmp_path / "straight")
+    assert final["meta"]["iter"] == reference["meta"]["iter"] == 6
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    for index, state in reference["optimizer"]["state"].items():
+        assert all(torch.equal(final["optimizer"]["state"][index][k], v) for k, v in state.items()), index
