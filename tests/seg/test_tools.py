@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import cv2
@@ -64,8 +65,11 @@ def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool):
 
 def test_two_process_ddp_on_cpu(repo, tmp_path, run_tool):
     env = {"SHAPES_ROOT": str(tmp_path / "data")}
+    with socket.socket() as probe:  # a free port: a fixed one may still be held by an earlier run
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path), "--output", tmp_path / "work",
-                    env=env, launcher=["--nproc_per_node", "2", "--master_port", "29517"])
+                    env=env, launcher=["--nproc_per_node", "2", "--master_port", str(port)])
     log = proc.stdout + proc.stderr
     assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
     assert "GPU number: 2" in log  # mmengine names the world size so, CPU processes included
