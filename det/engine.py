@@ -4,7 +4,8 @@
 `EVATrainer` (AMP fp16 / bf16, EMA) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
 evaluation, metric logging), evaluates with the config's evaluator (unreadable images skipped, named and
 counted), prints the AP table, writes `results.json`, draws predictions of the first `train.save_predictions`
-test images and, with `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and under DDP.
+test images and, with `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and
+under DDP.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import torch
 from detectron2.config import instantiate
@@ -176,7 +178,7 @@ def do_test(cfg, model, weights: str = "") -> dict:
             logger.warning(f"left out of the evaluation, unreadable: {entry['file_name']} ({entry['error']})")
         os.makedirs(cfg.train.output_dir, exist_ok=True)
         name = "results.json" if weights in ("", "EMA") else f"results_{weights}.json"
-        atomic_write(os.path.join(cfg.train.output_dir, name), lambda tmp: open(tmp, "w").write(
+        atomic_write(os.path.join(cfg.train.output_dir, name), lambda tmp: Path(tmp).write_text(
             json.dumps({**results, "unreadable_files": unreadable}, indent=1)))
         if cfg.train.get("save_predictions", 0):
             draw_predictions(model, loader, cfg.train.save_predictions,

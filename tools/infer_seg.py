@@ -18,6 +18,7 @@ import json
 import os
 import os.path as osp
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         cv2.imwrite(osp.join(args.output, f"{stem}_labels.png"),
                     labels.astype(np.uint16 if len(predictor.classes) > 255 else np.uint8))
         segmented.append({"file_name": str(path), "overlay": f"{stem}.png", "labels": f"{stem}_labels.png"})
-    atomic_write(osp.join(args.output, "results.json"), lambda tmp: open(tmp, "w").write(json.dumps(
+    atomic_write(osp.join(args.output, "results.json"), lambda tmp: Path(tmp).write_text(json.dumps(
         {"segmented": segmented, "unreadable_images": len(failed), "unreadable_files": failed}, indent=1)))
     print(f"{len(segmented)} of {len(images)} images segmented, {len(failed)} unreadable -> {args.output}")
     if failed:

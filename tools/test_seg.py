@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
               f"metrics: {', '.join(f'{k} {v:.2f}' for k, v in metrics.items())}")
         path = os.path.join(cfg.work_dir, "results.json")
         results = {**metrics, "unreadable_images": len(unreadable), "unreadable_files": unreadable}
-        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=1, default=float)))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, default=float)))
     return EXIT_PARTIAL if unreadable else EXIT_OK
 
 
