@@ -12,12 +12,21 @@
 Multi-process training: `torchrun --nproc_per_node N tools/TOOL.py ...` (gloo on the CPU, nccl on GPUs).
 Exit status: 0 done; 1 done, but something failed (an image skipped, a check not met); 2 bad input or usage,
 said in one line on stderr.
+
+The inference tools (tools/infer_det.py, tools/infer_seg.py) also share
+    --batch-size N         images per forward pass (default 1);  --tta: the config's test-time augmentation
+    --allow-partial        run even if the checkpoint leaves model weights at their initial values
+and one output layout (`InferenceResults`): OUTPUT/NAME.png, the drawn prediction of each image NAME.ext, and
+OUTPUT/results.json: {"config", "weights", "images": [{"file_name", "drawn", ...}], "unreadable_images",
+"unreadable_files": [{"file_name", "error"}]}. An image that is missing or does not decode to its last byte is
+listed there, skipped, and makes the exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import inspect
+import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,8 +35,10 @@ from typing import Any, Callable
 
 import torch
 
+from .checkpoint import atomic_write
+
 __all__ = ["IMAGE_EXTENSIONS", "AMP_CHOICES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError",
-           "default_device", "add_common_args", "check_override_keys", "list_images", "run_tool", "takes_argument",
+           "default_device", "InferenceResults", "add_common_args", "add_inference_args", "check_override_keys", "list_images", "run_tool", "takes_argument",
            "world_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -73,6 +84,56 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         names, kwargs = specs[flag]
         parser.add_argument(*names, **kwargs)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """The inference tools' flags (module docstring): the common ones, --batch-size, --tta, --allow-partial."""
+    add_common_args(parser, "config", "weights", "input", "output", "device", "unsafe_pickle")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
+    parser.add_argument("--tta", action="store_true", help="the config's test-time augmentation (multi-scale + flip)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="run even if the checkpoint leaves model weights at their initial values")
+
+
+class InferenceResults:
+    """The inference tools' output folder (module docstring): unique drawing names, results.json, the summary."""
+
+    def __init__(self, output: str | os.PathLike, config: str, weights: str):
+        self.folder = Path(output)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.header = {"config": str(config), "weights": str(weights)}
+        self.images: list[dict] = []
+        self.unreadable: list[dict] = []
+        self._names: set[str] = set()
+
+    def name_for(self, path: str | os.PathLike) -> str:
+        """NAME for an input file: its stem, made unique in the folder (photo, photo_2, ...)."""
+        stem, name, k = Path(path).stem, Path(path).stem, 1
+        while name in self._names:
+            k += 1
+            name = f"{stem}_{k}"
+        self._names.add(name)
+        return name
+
+    def add(self, path: str | os.PathLike, drawn: str, **fields) -> None:
+        self.images.append({"file_name": str(path), "drawn": drawn, **fields})
+
+    def skip(self, path: str | os.PathLike, error: str) -> None:
+        print(f"skipped unreadable {path}: {error}", file=sys.stderr)
+        self.unreadable.append({"file_name": str(path), "error": error})
+
+    def finish(self, summary: str = "") -> int:
+        """Writes results.json (atomically), prints the summary line; returns the exit status."""
+        path = self.folder / "results.json"
+        payload = {**self.header, "images": self.images, "unreadable_images": len(self.unreadable),
+                   "unreadable_files": self.unreadable}
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=1)))
+        total = len(self.images) + len(self.unreadable)
+        print(f"{len(self.images)} of {total} images done{summary}, {len(self.unreadable)} unreadable; "
+              f"drawings and results.json in {self.folder}")
+        for entry in self.unreadable:
+            print(f"  unreadable: {entry['file_name']} ({entry['error']})")
+        return EXIT_PARTIAL if self.unreadable else EXIT_OK
 
 
 def _children(node) -> Iterator[tuple[str, Any]]:

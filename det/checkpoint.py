@@ -12,7 +12,13 @@
     per `require`: "all" (evaluation and inference: every weight, no tensor of another shape), "backbone"
     (initial weights of a training run: the whole TrV; heads may start fresh, as from a MIM checkpoint or a
     detector of another class count) or "any" (the user's opt-out, --allow-partial). A file from which no weight
-    at all loads is refused in every mode.
+    at all loads is refused in every mode;
+  - when a training run starts from a detector trained for other classes (require "backbone" or "any"),
+    re-lays its class-specific layers (cls_score, class-specific bbox_pred, the mask predictor) for the model's
+    classes with `eva02.backbone.class_rows.adapt_class_rows`: classes shared by name keep their rows (names
+    come from the `classes` our checkpoints store), the background row is kept, the rest start from their
+    initialization; one log line per layer says so;
+  - stores the model's class names (`classes=`) in every checkpoint it writes.
 `load_detector_weights(model, path, use_ema=False)` is the one-call form; it returns the missing/unexpected keys.
 """
 from __future__ import annotations
@@ -24,6 +30,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
+from eva02.backbone.class_rows import ClassRows, adapt_class_rows
 from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, atomic_write, check_complete,
                                        save_atomic, to_trv_names, unwrap_model)
 
@@ -34,6 +41,8 @@ logger = logging.getLogger(__name__)
 _NET = "backbone.net."
 REQUIRE = ("all", "backbone", "any")
 _OPT_OUT = "pass --allow-partial (Python: require='any')"
+# class-specific detector layers: name suffix -> row layout (background last in cls_score)
+CLASS_LAYERS = {"cls_score": ClassRows(1, 1), "bbox_pred": ClassRows(4, 0), "mask_head.predictor": ClassRows(1, 0)}
 
 
 class EVACheckpointer(DetectionCheckpointer):
@@ -43,18 +52,23 @@ class EVACheckpointer(DetectionCheckpointer):
         use_ema: load the weights stored under `ema_state` instead of `model`.
         weights_only: refuse pickled objects when reading (set False only for trusted files).
         require: which model weights a load must set, "all", "backbone" or "any" (see the module docstring).
+        classes: the model's class names: written into checkpoints, and matched by name against a checkpoint's
+            when its class-specific layers are re-laid.
         Others as `DetectionCheckpointer` (model, save_dir, save_to_disk, **checkpointables).
     """
 
     def __init__(self, model, save_dir: str = "", *, use_ema: bool = False, weights_only: bool = True,
-                 require: str = "backbone", save_to_disk: bool | None = None, **checkpointables):
+                 require: str = "backbone", classes: list[str] | None = None, save_to_disk: bool | None = None,
+                 **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         if require not in REQUIRE:
             raise ValueError(f"require must be one of {REQUIRE}, got {require!r}")
         self.use_ema = use_ema
         self.weights_only = weights_only
         self.require = require
+        self.classes = list(classes) if classes is not None else None
         self.last_incompatible: _IncompatibleKeys | None = None
+        self.loaded_classes: list[str] | None = None  # the class names the last loaded checkpoint stores
 
     # ------------------------------------------------------------------ reading
     def _load_file(self, filename: str) -> dict:
@@ -77,15 +91,40 @@ class EVACheckpointer(DetectionCheckpointer):
             logger.info(f"{source}: loading the EMA weights ('ema_state')")
             checkpoint["model"] = checkpoint.pop("ema_state")
         state = checkpoint["model"]
+        self.loaded_classes = checkpoint.get("classes")
         if not any(k.startswith("backbone.") or k.startswith("roi_heads.") for k in state):
             incompatible = self._load_backbone_only(state, source)
         else:
             checkpoint["model"], dropped = convert_detector_state(state, unwrap_model(self.model), source)
             logger.info(f"{source}: {len(dropped)} derived tensors not loaded (RoPE tables, constant buffers)")
+            if self.require != "all":
+                self._relay_class_layers(checkpoint["model"], checkpoint.get("classes"), source)
             incompatible = super()._load_model(checkpoint)
         self._check_loaded(incompatible, source)
         self.last_incompatible = incompatible
         return incompatible
+
+    def _relay_class_layers(self, state: dict, trained_classes: list[str] | None, source: str) -> None:
+        """Re-lay (in `state`) the class-specific tensors whose class count differs from the model's."""
+        own = unwrap_model(self.model).state_dict()
+        for key, tensor in state.items():
+            layout = next((v for k, v in CLASS_LAYERS.items() if key.rsplit(".", 1)[0].endswith(k)), None)
+            if layout is None or key not in own or own[key].shape == tensor.shape:
+                continue
+            old, new = layout.num_classes(tensor.shape[0]), layout.num_classes(own[key].shape[0])
+            names = trained_classes if trained_classes is not None and len(trained_classes) == old else None
+            try:
+                state[key], carried = adapt_class_rows(tensor, own[key], layout, names, self.classes)
+            except ValueError:
+                continue  # not a class-count difference: reported as a shape mismatch
+            if key.endswith(".weight"):
+                shown = f" ({', '.join(carried[:5])})" if carried else ""
+                kept = f"{len(carried)} carried over by name{shown}"
+                if names is None or self.classes is None:
+                    kept = "no class names to match (rows start fresh)"
+                extra = ", the background row kept" if layout.extra else ""
+                logger.warning(f"{source}: {key[:-len('.weight')]}: checkpoint {old} classes -> model {new}; "
+                               f"{kept}{extra}; the other rows start from their initialization")
 
     def _load_backbone_only(self, state: dict, source: str) -> _IncompatibleKeys:
         net = unwrap_model(self.model).backbone.net
@@ -125,6 +164,8 @@ class EVACheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
+        if self.classes is not None:
+            data["classes"] = self.classes
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

@@ -13,8 +13,8 @@ from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamSc
 
 from eva02.backbone.cli import UsageError, check_override_keys, takes_argument
 
-__all__ = ["apply_overrides", "load_config", "set_input_size", "set_head_width", "step_schedule", "constant_schedule", "lsj_augmentations",
-           "sys_inference"]
+__all__ = ["apply_overrides", "load_config", "set_input_size", "set_head_width", "step_schedule",
+           "constant_schedule", "lsj_augmentations", "sys_inference", "tta_sizes", "TTA_SIZE_RATIOS"]
 
 
 def lsj_augmentations(size: int, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
@@ -26,14 +26,27 @@ def lsj_augmentations(size: int, min_scale: float = 0.1, max_scale: float = 2.0)
     ]
 
 
+# Test-time augmentation sizes relative to the test size: the official code's intended list for its 1536 models,
+# (1280, 1536, 1664, 1792, 1920, 2048) / 1536 (EVA-02/det/detectron2/modeling/test_time_augmentation.py).
+TTA_SIZE_RATIOS = (5 / 6, 1.0, 13 / 12, 7 / 6, 5 / 4, 4 / 3)
+
+
+def tta_sizes(size: int, ratios=TTA_SIZE_RATIOS, multiple: int = 16) -> list[int]:
+    """Test-time augmentation sizes: size * ratio, rounded to a multiple of the patch size, without repeats."""
+    return sorted({max(multiple, round(size * r / multiple) * multiple) for r in ratios})
+
+
 def set_input_size(model, dataloader, size: int, patch_size: int = 16, min_scale: float = 0.1,
                    max_scale: float = 2.0) -> None:
     """Crop size everywhere it matters: LSJ crop (scale range min_scale-max_scale), test resize (longest side),
-    square padding, and the global RoPE grid (size / patch, so a square input gives the official tables)."""
+    square padding, the global RoPE grid (size / patch, so a square input gives the official tables), and the
+    test-time augmentation sizes (tta_sizes)."""
     model.backbone.square_pad = size
     model.backbone.net.rope_grid = size // patch_size
     dataloader.train.mapper.augmentations = lsj_augmentations(size, min_scale, max_scale)
     dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=size, max_size=size)]
+    if "tta" in dataloader:
+        dataloader.tta.sizes = tta_sizes(size, multiple=patch_size)
 
 
 def step_schedule(max_iter: int, milestones, warmup_iters: int = 1000):

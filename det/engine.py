@@ -27,12 +27,13 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.registry import locate
 
-from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
+from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries, unwrap_model
 
 from .checkpoint import EVACheckpointer
 from .data import check_training_dataset, register_all
 from .ema import ModelEMA
 from .resume import ResumableSampler, RNGState, rng_preserved
+from .tta import build_tta
 from .unreadable import ReadableOnly, SkipUnreadable
 
 __all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
@@ -161,18 +162,29 @@ def do_test(cfg, model, weights: str = "") -> dict:
     hold their count ("unreadable_images") and results.json also their files and errors ("unreadable_files").
     weights: a name for the weights evaluated ("raw" / "EMA" during EMA training), used in the log and in the
     results file name (results.json, results_raw.json)."""
+    tta = cfg.dataloader.get("tta", {})
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    if tta.get("enabled", False):
+        mapper = instantiate_with(cfg.dataloader.test.mapper, augmentations=[])  # TTA resizes the originals itself
+        model = build_tta(unwrap_model(model), tta)
+        logger.info(f"test-time augmentation: sizes {list(tta.sizes)}{', each also flipped' if tta.flip else ''}, "
+                    f"merged by {tta.nms_method} at IoU {tta.nms_thresh}")
     # a bad image is skipped and counted, not fatal
-    loader = instantiate_with(cfg.dataloader.test, mapper=SkipUnreadable(instantiate(cfg.dataloader.test.mapper)))
+    loader = instantiate_with(cfg.dataloader.test, mapper=SkipUnreadable(mapper))
     model = ReadableOnly(model)
     metric = instantiate(cfg.dataloader.evaluator)
     evaluator = metric
     if cfg.train.get("results_dir", ""):
         evaluator = DatasetEvaluators([metric, ServerResultsWriter(_dataset_name(cfg), cfg.train.results_dir)])
+    start = time.perf_counter()
     results = inference_on_dataset(model, loader, evaluator)
+    results["seconds_per_image"] = (time.perf_counter() - start) / max(len(loader), 1)
     if comm.is_main_process():
         if weights:
             logger.info(f"evaluation results of the {weights} weights:")
         print_csv_format(results)
+        logger.info(f"{results['seconds_per_image']:.3f} s per image{' with TTA' if tta.get('enabled') else ''} "
+                    "(inference and evaluation)")
         unreadable = getattr(metric, "unreadable", [])
         for entry in unreadable:
             logger.warning(f"left out of the evaluation, unreadable: {entry['file_name']} ({entry['error']})")
@@ -190,6 +202,11 @@ def do_test(cfg, model, weights: str = "") -> dict:
 def _dataset_name(cfg) -> str:
     names = cfg.dataloader.test.dataset.names
     return names if isinstance(names, str) else names[0]
+
+
+def _dataset_classes(names) -> list[str] | None:
+    """The class names of a training set (its first dataset's), None if its metadata has none."""
+    return MetadataCatalog.get(names if isinstance(names, str) else names[0]).get("thing_classes")
 
 
 class ServerResultsWriter(DatasetEvaluator):
@@ -297,7 +314,8 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     checkpointables = {"rng_state": rng, **({"ema_state": ema} if ema is not None else {})}
     checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer, require=_require(cfg, "backbone"),
-                                   weights_only=cfg.train.get("init_weights_only", True), **checkpointables)
+                                   weights_only=cfg.train.get("init_weights_only", True),
+                                   classes=_dataset_classes(train.dataset.names), **checkpointables)
 
     @rng_preserved()  # training continues as if no evaluation had run (and as a resumed run, which did not)
     def evaluate():

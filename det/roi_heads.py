@@ -3,12 +3,35 @@ from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import batched_nms
 from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 
 from .postprocess import maskness, soft_nms
 
 NMS_METHODS = {"nms": None, "soft_linear": "linear", "soft_gaussian": "gaussian"}
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_size, method: str,
+                      iou_threshold: float, sigma: float = 0.5, min_score: float = 1e-3,
+                      topk: int | None = None) -> Instances:
+    """Class-wise NMS of candidate detections -> Instances, best first. method "nms": hard NMS at iou_threshold
+    (detectron2's), keeping the top `topk`; "soft_linear" / "soft_gaussian": soft-NMS (eva02.det.postprocess),
+    every survivor unless `topk`. boxes (N, 4), scores (N,), labels (N,)."""
+    if method not in NMS_METHODS:
+        raise ValueError(f"nms_method must be one of {sorted(NMS_METHODS)}, got {method!r}")
+    if method == "nms":
+        keep = batched_nms(boxes, scores, labels, iou_threshold)
+        keep = keep[:topk] if topk is not None and topk >= 0 else keep
+        kept_scores = scores[keep]
+    else:
+        keep, kept_scores = soft_nms(boxes, scores, labels, method=NMS_METHODS[method], iou_threshold=iou_threshold,
+                                     sigma=sigma, min_score=min_score, topk=topk)
+    result = Instances(image_size)
+    result.pred_boxes = Boxes(boxes[keep])
+    result.scores = kept_scores
+    result.pred_classes = labels[keep]
+    return result
 
 
 class EVACascadeROIHeads(CascadeROIHeads):
@@ -55,12 +78,12 @@ class EVACascadeROIHeads(CascadeROIHeads):
     def _forward_box(self, features, proposals, targets=None):
         if self.training or self.nms_method == "nms":
             return super()._forward_box(features, proposals, targets)
-        boxes, scores = self._cascade_predictions(features, proposals)
+        boxes, scores = self.cascade_predictions(features, proposals)
         return [
             self._soft_nms_single_image(b, s, p.image_size) for b, s, p in zip(boxes, scores, proposals)
         ]
 
-    def _cascade_predictions(self, features, proposals):
+    def cascade_predictions(self, features, proposals):
         """The parent's inference up to (but not including) NMS.
 
         Returns per image: boxes (R, 4) of the last stage and class scores (R, K+1) averaged over the stages.
@@ -81,29 +104,21 @@ class EVACascadeROIHeads(CascadeROIHeads):
     def _soft_nms_single_image(self, boxes: torch.Tensor, scores: torch.Tensor, image_size) -> Instances:
         """boxes (R, 4) class-agnostic or (R, K*4), scores (R, K+1) with background last -> Instances, best first."""
         predictor = self.box_predictor[-1]
+        return select_detections(*self.candidates(boxes, scores, image_size), image_size, self.nms_method,
+                                 predictor.test_nms_thresh, self.soft_nms_sigma, self.soft_nms_min_score,
+                                 predictor.test_topk_per_image if self.soft_nms_topk else None)
+
+    def candidates(self, boxes: torch.Tensor, scores: torch.Tensor, image_size):
+        """Every (box, class) above the last predictor's test_score_thresh, before any NMS: boxes (N, 4) clipped
+        to image_size, scores (N,), labels (N,). boxes (R, 4) or (R, K*4), scores (R, K+1), background last."""
         valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
         boxes, scores = boxes[valid], scores[valid, :-1]
         num_reg_classes = boxes.shape[1] // 4
         clipped = Boxes(boxes.reshape(-1, 4))
         clipped.clip(image_size)
         boxes = clipped.tensor.view(-1, num_reg_classes, 4)
-        candidate, label = torch.nonzero(scores > predictor.test_score_thresh, as_tuple=True)
-        candidate_boxes = boxes[candidate, label if num_reg_classes > 1 else 0]
-        keep, kept_scores = soft_nms(
-            candidate_boxes,
-            scores[candidate, label],
-            label,
-            method=NMS_METHODS[self.nms_method],
-            iou_threshold=predictor.test_nms_thresh,
-            sigma=self.soft_nms_sigma,
-            min_score=self.soft_nms_min_score,
-            topk=predictor.test_topk_per_image if self.soft_nms_topk else None,
-        )
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(candidate_boxes[keep])
-        result.scores = kept_scores
-        result.pred_classes = label[keep]
-        return result
+        candidate, label = torch.nonzero(scores > self.box_predictor[-1].test_score_thresh, as_tuple=True)
+        return boxes[candidate, label if num_reg_classes > 1 else 0], scores[candidate, label], label
 
     def forward_with_given_boxes(self, features, instances):
         instances = super().forward_with_given_boxes(features, instances)

@@ -11,7 +11,10 @@
 Flags (eva02.backbone.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
 --device, --amp fp16|bf16|off (train.amp), --resume (continue at the last saved iteration of the output folder),
 --unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
-by default --eval-only needs every weight in the file and training the whole backbone), --eval-only, then
+by default --eval-only needs every weight in the file and training the whole backbone), --eval-only,
+--train-data JSON IMAGES / --val-data JSON IMAGES (your own COCO-format data: eva02.det.own_data; heads of a
+checkpoint trained for other classes are re-laid, and the log says how), --tta (dataloader.tta.enabled: multi-scale +
+flip test-time augmentation, eva02.det.tta), then
 KEY=VALUE LazyConfig overrides (a key the config does not have is an error naming the closest one).
 Exit status 1 when --eval-only left unreadable images out (they are named in the log and in results.json).
 Multi-process: `torchrun --nproc_per_node N tools/train_det.py ...`, or detectron2's own --num-gpus N
@@ -28,10 +31,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, add_common_args, run_tool, world_size  # noqa: E402
+from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool, world_size  # noqa: E402
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
+from eva02.det.own_data import use_own_data  # noqa: E402
 
 AMP = {"fp16": dict(enabled=True, precision="float16"), "bf16": dict(enabled=True, precision="bfloat16"),
        "off": dict(enabled=False)}
@@ -45,6 +50,12 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="train.init_allow_partial: load the weights that fit, leave the others at their init")
+    parser.add_argument("--train-data", nargs=2, metavar=("JSON", "IMAGES"),
+                        help="your own training set: a COCO-format json and its image folder (eva02.det.own_data)")
+    parser.add_argument("--val-data", nargs=2, metavar=("JSON", "IMAGES"),
+                        help="your own validation set (needed with --train-data; alone for --eval-only)")
+    parser.add_argument("--tta", action="store_true",
+                        help="dataloader.tta.enabled: evaluate with test-time augmentation (eva02.det.tta)")
     return parser.parse_args(argv)
 
 
@@ -58,12 +69,25 @@ def config_from_args(args):
         cfg.train.init_weights_only = False
     if args.allow_partial:
         cfg.train.init_allow_partial = True
+    if args.train_data and not args.val_data:
+        raise UsageError("--train-data needs --val-data JSON IMAGES too (the set evaluated during and after training)")
+    if args.val_data:
+        if not args.train_data and not args.eval_only:
+            raise UsageError("--val-data without --train-data: only with --eval-only (training needs --train-data)")
+        classes = use_own_data(cfg.model, cfg.dataloader, args.train_data, args.val_data)
+        print(f"own data: {len(classes)} classes from {(args.train_data or args.val_data)[0]}: "
+                    f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}")
+    if args.tta:
+        if "tta" not in cfg.dataloader:
+            raise UsageError(f"--tta: {args.config_file} has no dataloader.tta settings (configs/common has them)")
+        cfg.dataloader.tta.enabled = True
     return cfg
 
 
 def main(args) -> int:
     cfg = config_from_args(args)
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eva02")  # our modules' log lines
     results = run(cfg, eval_only=args.eval_only, resume=args.resume)
     return EXIT_PARTIAL if args.eval_only and results.get("unreadable_images") else EXIT_OK
 

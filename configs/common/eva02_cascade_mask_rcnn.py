@@ -59,6 +59,11 @@ dataloader.train.total_batch_size = 128  # Tables 28-31 (L COCO bsl 144; O365 16
 dataloader.train.num_workers = 4
 dataloader.test.num_workers = 2
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")  # unreadable images left out
+# Test-time augmentation (eva02.det.tta; --tta of tools/train_det.py and tools/infer_det.py). Not in the paper:
+# every EVA-02 detection number is single-scale. Sizes: the official code's intended list scaled to the test size
+# (set_input_size); merged by the paper's "sys" soft-NMS (linear, IoU 0.6, min score 1e-3), every survivor kept.
+dataloader.tta = dict(enabled=False, sizes=[], flip=True, nms_method="soft_linear", nms_thresh=0.6,
+                      soft_nms_sigma=0.5, soft_nms_min_score=1e-3, topk_per_image=-1)
 set_input_size(model, dataloader, 1024)
 
 # ---------------------------------------------------------------- optimization

@@ -14,6 +14,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from eva02.det.demo import make_shapes_dataset
+from eva02.det.engine import setup_datasets
 from eva02.det.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,12 +63,19 @@ def inference_run(tmp_path_factory):
 
 def test_infer_folder_skips_bad_images_and_writes_outputs(inference_run):
     out, proc = inference_run["out"], inference_run["proc"]
-    assert proc.returncode == 1, proc.stderr[-3000:]  # done, but 3 images failed
-    assert "3 of 6 images processed, 3 failed" in proc.stdout
+    assert proc.returncode == 1, proc.stderr[-3000:]  # done, but 3 images were unreadable
+    assert "3 of 6 images done" in proc.stdout and "3 unreadable" in proc.stdout
+    results = json.loads((out / "results.json").read_text())  # the inference tools' shared layout
+    assert [Path(r["file_name"]).name for r in results["images"]] == ["000000.png", "000001.png", "000002.png"]
+    assert [r["drawn"] for r in results["images"]] == ["000000.png", "000001.png", "000002.png"]
+    assert results["unreadable_images"] == 3
+    assert sorted(Path(f["file_name"]).name for f in results["unreadable_files"]) == [
+        "corrupt.jpg", "missing.png", "truncated.png"]
     predictions = json.loads((out / "predictions.json").read_text())
     assert [Path(r["file_name"]).name for r in predictions["images"]] == ["000000.png", "000001.png", "000002.png"]
-    assert sorted(Path(f["file_name"]).name for f in predictions["failed"]) == ["corrupt.jpg", "missing.png", "truncated.png"]
     assert [c["name"] for c in predictions["categories"]] == ["disk", "square", "triangle", "cross"]
+    assert [r["detections"] for r in results["images"]] == [
+        sum(a["image_id"] == r["id"] for a in predictions["annotations"]) for r in predictions["images"]]
     drawn = sorted(p.name for p in out.glob("*.png"))
     assert drawn == ["000000.png", "000001.png", "000002.png"]
     assert annotations_valid(predictions)
@@ -85,20 +93,41 @@ def annotations_valid(predictions) -> bool:
 
 
 def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
-    """The json holds exactly what the model predicts for the image, and the drawn image has it drawn."""
+    """The json holds exactly what the Python predictor returns for the image, and the drawn image has it drawn."""
     out = inference_run["out"]
+    setup_datasets(inference_run["cfg"])  # the class names: the checkpoint has none, the config's dataset has them
     predictor = Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2, use_ema=False)
     image_path = inference_run["photos"] / "000001.png"
-    rgb = cv2.imread(str(image_path))[:, :, ::-1].copy()
-    instances = predictor(rgb)
+    bgr = cv2.imread(str(image_path))
+    found = predictor(bgr, format="BGR")
+    assert predictor(str(image_path)).scores.tolist() == found.scores.tolist()  # a path reads the same image
     predictions = json.loads((out / "predictions.json").read_text())
     image_id = next(r["id"] for r in predictions["images"] if r["file_name"] == str(image_path))
     anns = [a for a in predictions["annotations"] if a["image_id"] == image_id]
-    assert len(anns) == len(instances) > 0
-    np.testing.assert_allclose([a["score"] for a in anns], instances.scores.numpy(), rtol=1e-5)
-    np.testing.assert_allclose([a["category_id"] for a in anns], instances.pred_classes.numpy() + 1)
-    drawn = cv2.imread(str(out / "000001.png"))[:, :, ::-1]
-    assert drawn.shape == rgb.shape and np.abs(drawn.astype(int) - rgb.astype(int)).mean() > 1.0
+    assert len(anns) == len(found) > 0
+    np.testing.assert_allclose([a["score"] for a in anns], found.scores, rtol=1e-5)
+    np.testing.assert_allclose([a["category_id"] for a in anns], found.classes + 1)
+    np.testing.assert_allclose([a["bbox"] for a in anns], np.c_[found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]],
+                               atol=1e-3)
+    assert found.masks.shape == (len(found), 128, 128) and found.masks.dtype == bool
+    assert [int(mask_util.area(a["segmentation"])) for a in anns] == found.masks.sum((1, 2)).tolist()
+    assert found.class_names == [["disk", "square", "triangle", "cross"][c] for c in found.classes]
+    drawn = cv2.imread(str(out / "000001.png"))
+    assert drawn.shape == bgr.shape and np.abs(drawn.astype(int) - bgr.astype(int)).mean() > 1.0
+
+
+def test_predictor_batches_give_the_single_image_results(inference_run):
+    """predict() on a batch (images of two sizes, padded together) returns what one-by-one calls return."""
+    predictor = Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2)
+    photos = inference_run["photos"]
+    small = cv2.resize(cv2.imread(str(photos / "000002.png")), (96, 80))[:, :, ::-1].copy()
+    images = [str(photos / "000000.png"), small, str(photos / "000001.png")]
+    batched = predictor.predict(images, batch_size=3)
+    for image, together in zip(images, batched):
+        alone = predictor(image)
+        np.testing.assert_allclose(together.scores, alone.scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(together.boxes, alone.boxes, atol=1e-2)
+    assert batched[1].masks.shape[1:] == (80, 96)
 
 
 def test_infer_single_image_and_missing_input(inference_run, tmp_path):
@@ -137,7 +166,7 @@ def test_bad_input_is_one_line_naming_the_culprit(inference_run, tmp_path, case)
     if case == "override typo":
         extra, expected = ["model.roi_heads.num_clases=3"], "did you mean model.roi_heads.num_classes?"
     elif case == "class count":  # the config's dataset has the 4 shape classes
-        extra, expected = ["model.roi_heads.num_classes=3"], "num_classes=3 but its test dataset"
+        extra, expected = ["model.roi_heads.num_classes=3"], "trained for 4 classes, the config builds 3"
     elif case == "foreign checkpoint":  # a segmentor's keys: not one weight of the detector would load
         weights = tmp_path / "upernet.pth"
         torch.save({"state_dict": {"backbone.blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, weights)
@@ -151,4 +180,4 @@ def test_bad_input_is_one_line_naming_the_culprit(inference_run, tmp_path, case)
     proc = infer_det("--config-file", config, "--weights", weights, "--input", inference_run["photos"] / "000000.png",
                      "--output", tmp_path / "out", "--device", "cpu", *tiny_overrides(tmp_path / "data"), *extra)
     assert expected in _one_line_error(proc)
-    assert not (tmp_path / "out" / "predictions.json").exists()
+    assert not (tmp_path / "out" / "predictions.json").exists() and not (tmp_path / "out" / "results.json").exists()

@@ -1,0 +1,60 @@
+"""Class-specific head weights across class lists: what fine-tuning on your own data does to a checkpoint whose
+heads were trained for other classes (detection's cls_score / mask predictor, segmentation's conv_seg).
+
+One rule, used by eva02.det and eva02.seg: a row block belongs to a class; a class of the new list that the
+checkpoint also has (same name) keeps its trained rows, every other class starts from the model's
+initialization, and an extra "background" / "no object" row, when the layer has one, is kept as trained. Without
+class names on both sides nothing but that extra row can be matched (row i of one list means nothing in the
+other), so the class rows all start fresh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ClassRows", "adapt_class_rows"]
+
+
+@dataclass(frozen=True)
+class ClassRows:
+    """How a tensor's first dimension is laid out: `per_class` rows for each class (4 for class-specific box
+    regression, else 1), then `extra` rows that are not a class (1 for a background / no-object score)."""
+
+    per_class: int = 1
+    extra: int = 0
+
+    def num_classes(self, rows: int) -> int | None:
+        """The class count a tensor of `rows` rows holds in this layout, None if it fits no count."""
+        classes, remainder = divmod(rows - self.extra, self.per_class)
+        return classes if remainder == 0 and classes >= 0 else None
+
+
+def adapt_class_rows(trained: torch.Tensor, initial: torch.Tensor, layout: ClassRows,
+                     trained_classes: list[str] | None, classes: list[str] | None) -> tuple[torch.Tensor, list[str]]:
+    """The trained tensor re-laid for the model's class list: `initial` (the model's own tensor, its shape) with
+    the rows of classes found by name in `trained_classes` and the extra rows copied from `trained`.
+
+    Returns the tensor and the names of the classes whose rows were carried over. Raises ValueError when the
+    shapes beyond the first dimension differ or a row count fits no class count of the layout."""
+    if trained.shape[1:] != initial.shape[1:]:
+        raise ValueError(f"shapes differ beyond the class dimension: {tuple(trained.shape)} vs {tuple(initial.shape)}")
+    old_count, new_count = layout.num_classes(trained.shape[0]), layout.num_classes(initial.shape[0])
+    if old_count is None or new_count is None:
+        raise ValueError(f"{trained.shape[0]} or {initial.shape[0]} rows is no class count in {layout}")
+    for names, count in ((trained_classes, old_count), (classes, new_count)):
+        if names is not None and len(names) != count:
+            raise ValueError(f"{len(names)} class names for a layer of {count} classes")
+    out = initial.detach().clone()
+    per = layout.per_class
+    if layout.extra:
+        out[new_count * per:] = trained[old_count * per:].to(out.dtype)
+    carried = []
+    if trained_classes is not None and classes is not None:
+        position = {name: i for i, name in enumerate(trained_classes)}
+        for new, name in enumerate(classes):
+            old = position.get(name)
+            if old is not None:
+                out[new * per:(new + 1) * per] = trained[old * per:(old + 1) * per].to(out.dtype)
+                carried.append(name)
+    return out, carried
