@@ -9,6 +9,7 @@ numpy only; same seed, same pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -66,8 +67,9 @@ def _texture(rng: np.random.Generator, size: int, waves: int = 3) -> np.ndarray:
 
 
 def draw_scene(rng: np.random.Generator, size: int, max_shapes: int = 4, overlap: bool = True,
-               ) -> tuple[np.ndarray, list[Shape]]:
-    """One (size, size, 3) uint8 RGB image and its shapes, in drawing order.
+               labels: Sequence[int] | None = None) -> tuple[np.ndarray, list[Shape]]:
+    """One (size, size, 3) uint8 RGB image and its shapes, in drawing order; `labels`: the SHAPE_CLASSES
+    indexes to draw (default all).
 
     Circumradius 10-24% of the side, fully inside the image. overlap=False places each shape clear of the
     earlier ones (up to 20 tries, else it is left out), so every mask is whole (detection);
@@ -81,7 +83,7 @@ def draw_scene(rng: np.random.Generator, size: int, max_shapes: int = 4, overlap
         for _attempt in range(1 if overlap else 20):
             r = rng.uniform(0.10, 0.24) * size
             cx, cy = rng.uniform(r, size - r, size=2)
-            label = int(rng.integers(len(SHAPE_CLASSES)))
+            label = int(rng.integers(len(SHAPE_CLASSES))) if labels is None else int(labels[rng.integers(len(labels))])
             polygon = shape_polygon(SHAPE_CLASSES[label], cx, cy, r, rng.uniform(0, 2 * np.pi))
             mask = polygon_mask(polygon, size, size)
             if overlap or not (mask & occupied).any():

@@ -32,14 +32,15 @@ def _polygon_area(poly: np.ndarray) -> float:
 
 
 def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Generator, max_objects: int,
-                 lvis: bool):
+                 lvis: bool, classes: list[str]):
     from PIL import Image
 
     img_dir = root / split
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(num):
-        img, shapes = draw_scene(rng, size, max_objects, overlap=False)
+        img, shapes = draw_scene(rng, size, max_objects, overlap=False,
+                                 labels=[SHAPE_CLASSES.index(c) for c in classes])
         file_name = f"{i:06d}.png"
         Image.fromarray(img).save(img_dir / file_name)
         image = {"id": i + 1, "file_name": file_name, "height": size, "width": size}
@@ -52,13 +53,13 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
             x0, y0 = poly.min(0)
             x1, y1 = poly.max(0)
             annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": shape.label + 1, "iscrowd": 0,
+                "id": len(annotations) + 1, "image_id": i + 1, "category_id": classes.index(SHAPE_CLASSES[shape.label]) + 1, "iscrowd": 0,
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "area": _polygon_area(poly), "segmentation": [poly.round(2).ravel().tolist()],
             })
     coco = {
         "images": images, "annotations": annotations,
-        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPE_CLASSES)],
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(classes)],
     }
     if lvis:
         for c in coco["categories"]:
@@ -69,17 +70,22 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
 
 
 def make_shapes_dataset(root, num_train: int = 400, num_val: int = 50, image_size: int = 192, seed: int = 0,
-                        max_objects: int = 4, lvis: bool = False) -> dict[str, str]:
+                        max_objects: int = 4, lvis: bool = False, classes=SHAPE_CLASSES) -> dict[str, str]:
     """Write the generated shapes (eva02.backbone.demo, non-overlapping, whole masks) as a COCO dataset of
-    len(SHAPE_CLASSES) classes with polygon masks: root/{train,val}/NNNNNN.png and root/{train,val}.json.
+    `classes` (a subset of SHAPE_CLASSES in any order; category ids 1, 2, ... in that order) with polygon
+    masks: root/{train,val}/NNNNNN.png and root/{train,val}.json.
     lvis=True adds the LVIS json fields (category frequency, per-image negative / not-exhaustive lists) so the
     files also load as an LVIS dataset (register_shapes(..., lvis=True)) and evaluate with LVISEvaluator.
     Returns {"train_json", "train_images", "val_json", "val_images"}. Same arguments -> same files.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
-    train_json, train_images = _write_split(root, "train", num_train, image_size, rng, max_objects, lvis)
-    val_json, val_images = _write_split(root, "val", num_val, image_size, rng, max_objects, lvis)
+    classes = list(classes)
+    unknown = set(classes) - set(SHAPE_CLASSES)
+    if unknown or not classes:
+        raise ValueError(f"classes must be some of {SHAPE_CLASSES}, got {classes}")
+    train_json, train_images = _write_split(root, "train", num_train, image_size, rng, max_objects, lvis, classes)
+    val_json, val_images = _write_split(root, "val", num_val, image_size, rng, max_objects, lvis, classes)
     return {"train_json": train_json, "train_images": train_images, "val_json": val_json, "val_images": val_images}
 
 

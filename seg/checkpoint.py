@@ -12,15 +12,22 @@ patch-kernel and position-embedding resizing); the official pyramid names map on
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torch import nn
 
 from eva02.backbone import LoadReport, load_checkpoint
-from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_weights
+from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_state_dict, read_weights
+from eva02.backbone.class_rows import ClassRows, adapt_class_rows
 
-__all__ = ["OFFICIAL_PYRAMID", "IncompleteCheckpointError", "rename_official_pyramid", "load_backbone_weights",
-           "load_segmentor_checkpoint"]
+__all__ = ["OFFICIAL_PYRAMID", "CLASS_LAYERS", "IncompleteCheckpointError", "rename_official_pyramid",
+           "load_backbone_weights", "checkpoint_classes", "load_segmentor_checkpoint"]
+
+# The class-specific layers of the segmentors' heads (state-dict key pattern, row layout): mmseg's conv_seg of
+# every decode / auxiliary head, and Mask2Former's class embedding with its extra no-object row.
+CLASS_LAYERS = ((re.compile(r"(^|\.)conv_seg\.(weight|bias)$"), ClassRows()),
+                (re.compile(r"(^|\.)cls_embed\.(weight|bias)$"), ClassRows(extra=1)))
 
 OFFICIAL_PYRAMID = (("fpn1.", "pyramid.upsample_4x."), ("fpn2.", "pyramid.upsample_2x."))
 
@@ -53,27 +60,89 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_
     return report
 
 
-def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike, weights_only: bool = True,
-                              strict: bool = True) -> str:
+def checkpoint_classes(checkpoint: dict) -> list[str] | None:
+    """The class names a checkpoint object records: mmengine's meta.dataset_meta.classes, or mmseg 0.x's
+    meta.CLASSES; None when it has none (official EVA-02 releases)."""
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    classes = (meta.get("dataset_meta") or {}).get("classes") or meta.get("CLASSES")
+    return [str(c) for c in classes] if classes else None
+
+
+def _adapt_class_layers(rest: dict[str, torch.Tensor], own: dict[str, torch.Tensor], checkpoint_names,
+                        classes) -> list[str]:
+    """Re-lays, in `rest`, the class-specific layers (CLASS_LAYERS) whose class count or class names differ from
+    the model's, with eva02.backbone.class_rows.adapt_class_rows; returns one report line per layer."""
+    layers: dict[str, tuple[ClassRows, list[str]]] = {}
+    for key in rest:
+        for pattern, layout in CLASS_LAYERS:
+            if key in own and pattern.search(key):
+                layers.setdefault(key.rsplit(".", 1)[0], (layout, []))[1].append(key)
+    lines = []
+    for layer, (layout, keys) in sorted(layers.items()):
+        old = layout.num_classes(rest[keys[0]].shape[0])
+        new = layout.num_classes(own[keys[0]].shape[0])
+        names = checkpoint_names if checkpoint_names is not None and len(checkpoint_names) == old else None
+        model_names = list(classes) if classes is not None and len(classes) == new else None
+        if old == new and (names is None or model_names is None or names == model_names):
+            continue  # the same classes (or no way to tell): loaded as they are
+        carried: list[str] = []
+        for key in keys:
+            rest[key], carried = adapt_class_rows(rest[key], own[key], layout, names, model_names)
+        extra = f"; its {layout.extra} no-object row(s) carried over" if layout.extra else ""
+        if names is None:
+            why = "the checkpoint names no classes" if checkpoint_names is None else (
+                f"the checkpoint names {len(checkpoint_names)} classes for {old} rows")
+            detail = f"no class carried over ({why})"
+        else:
+            detail = f"{len(carried)} carried over by name ({', '.join(carried)})" if carried else \
+                "no class name in common"
+        lines.append(f"{layer}: checkpoint {old} classes -> model {new}; {detail}, the rest start from their "
+                     f"initialization{extra}")
+    return lines
+
+
+def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, weights_only: bool = True,
+                              strict: bool = True, classes: list[str] | None = None,
+                              adapt_classes: bool = False, source: str | None = None) -> str:
     """Load a whole segmentor (backbone, pyramid, decode and auxiliary heads) from our checkpoint or an official
-    EVA-02 one. With `strict`, any model weight left unloaded or checkpoint tensor unused is an error naming them
-    (RoPE buffers are derived and never count). Returns a one-paragraph summary for the log."""
-    sd, source = read_weights(path, weights_only)
+    EVA-02 one (a file, or the object read from one). With `strict`, any model weight left unloaded or checkpoint
+    tensor unused is an error naming them (RoPE buffers are derived and never count). Returns a summary for the
+    log: one paragraph, then one line per re-laid class layer.
+
+    adapt_classes (fine-tuning on other classes): a class-specific head layer (CLASS_LAYERS) whose class count
+    differs from the model's, or whose class names do (`classes`: the model's; the checkpoint's from its meta,
+    `checkpoint_classes`), is re-laid by eva02.backbone.class_rows.adapt_class_rows: the rows of classes found by
+    name are kept, the others keep the model's current (initial) values. Otherwise such a mismatch is an error.
+    source: the name errors give a checkpoint passed as an object (default "<state dict>")."""
+    obj = path if isinstance(path, dict) else read_state_dict(path, weights_only)
+    source = source or ("<state dict>" if isinstance(path, dict) else os.fspath(path))
+    sd, _ = read_weights(obj)
     sd = rename_official_pyramid(sd, "backbone.")
     backbone_sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
     report = load_checkpoint(model.backbone, backbone_sd, source=source)
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     own = model.state_dict()
+    relaid = _adapt_class_layers(rest, own, checkpoint_classes(obj), classes) if adapt_classes else []
     shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
               for k, v in rest.items() if k in own and own[k].shape != v.shape]
     if shapes:
-        raise ValueError(f"{source}: shape mismatch (another class count or head width?): {'; '.join(shapes[:4])}")
+        counts = sorted({(layout.num_classes(v.shape[0]), layout.num_classes(own[k].shape[0]))
+                         for k, v in rest.items() for pattern, layout in CLASS_LAYERS
+                         if k in own and own[k].shape != v.shape and pattern.search(k)})
+        hint = (f" The checkpoint's heads are for {counts[0][0]} classes, the config's for {counts[0][1]}: a model "
+                "trained on own data needs the same --data DIR (or the config its run dumped in its work dir); to "
+                "fine-tune on other classes, tools/train_seg.py --weights re-lays the class layers.") if counts else ""
+        raise ValueError(f"{source}: shape mismatch (another class count or head width?): "
+                         f"{'; '.join(shapes[:4])}.{hint}")
     result = model.load_state_dict(rest, strict=False)
     missing = ["backbone." + k for k in report.missing]
     missing += [k for k in result.missing_keys if not k.startswith("backbone.")]
     unused = ["backbone." + k for k in report.unexpected + report.skipped] + list(result.unexpected_keys)
     if strict:
-        check_complete(source, missing, unused, "pass --allow-partial (tools/test_seg.py)")
-    return (f"loaded {source}: backbone {len(report.loaded)} tensors ({'; '.join(report.converted) or 'as is'}), "
-            f"heads {len(rest) - len(result.unexpected_keys)} tensors, {len(report.derived)} RoPE buffers "
-            f"ignored (recomputed){f'; left unloaded: {missing}; unused: {unused}' if missing or unused else ''}")
+        check_complete(source, missing, unused, "pass --allow-partial")
+    summary = (f"loaded {source}: backbone {len(report.loaded)} tensors ({'; '.join(report.converted) or 'as is'}), "
+               f"heads {len(rest) - len(result.unexpected_keys)} tensors, {len(report.derived)} RoPE buffers "
+               f"ignored (recomputed){f'; left unloaded: {missing}; unused: {unused}' if missing or unused else ''}")
+    return "\n".join([summary, *relaid])

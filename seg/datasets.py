@@ -25,6 +25,7 @@ class LayoutCheck:
     one corrupt file does not stop a long evaluation."""
 
     LAYOUT = ""  # the standard folder layout, shown in the error
+    IMAGES = ""  # the image files looked for, shown in the error (default: '*' + img_suffix)
 
     def __init__(self, *args, check_images: bool = False, **kwargs):
         self.check_images = check_images
@@ -54,12 +55,13 @@ class LayoutCheck:
                 raise FileNotFoundError(
                     f"{type(self).__name__}: {key} folder '{folder}' does not exist (data_root "
                     f"'{self.data_root}'). Expected layout under data_root:\n{self.LAYOUT}\n"
-                    "Set the data root with the environment variable named in the config or "
-                    "--cfg-options (train/val/test_dataloader.dataset.data_root).")
+                    "Set the data root with the environment variable named in the config, KEY=VALUE overrides "
+                    "(train/val/test_dataloader.dataset.data_root), or for your own data --data DIR.")
         data_list = super().load_data_list()
         if not data_list:
             raise FileNotFoundError(
-                f"{type(self).__name__}: no '*{self.img_suffix}' images in '{self.data_prefix.get('img_path')}'. "
+                f"{type(self).__name__}: no '{self.IMAGES or '*' + self.img_suffix}' images in "
+                f"'{self.data_prefix.get('img_path')}'. "
                 f"Expected layout under data_root '{self.data_root}':\n{self.LAYOUT}")
         return data_list
 

@@ -7,6 +7,9 @@ Configs that use it import this module: `custom_imports = dict(imports=["eva02.s
         0 = unlabeled (a thin band on every shape boundary, ignored in training and evaluation),
         1 = background, 2.. = the shape classes of SHAPES_CLASSES[1:].
 Shapes overlap; a label map holds what stays visible of each.
+
+`make_shapes_own_data` writes the same scenes as your own data would be laid out (eva02.seg.own_data: mmseg's
+custom layout, classes.txt, labels 0.. with 255 = ignore), for any subset of the classes.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from eva02.backbone.demo import SHAPE_CLASSES, SHAPE_COLOURS, draw_scene
 
 from .datasets import CheckedADE20KDataset, LayoutCheck
 
-__all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "make_shapes_dataset", "ShapesDataset"]
+__all__ = ["SHAPES_CLASSES", "SHAPES_PALETTE", "make_shapes_dataset", "make_shapes_own_data", "ShapesDataset"]
 
 SHAPES_CLASSES = ("background", *SHAPE_CLASSES)
 SHAPES_PALETTE = [[120, 120, 120], *(list(c) for c in SHAPE_COLOURS)]
@@ -68,6 +71,36 @@ def make_shapes_dataset(root: str, num_train: int = 400, num_val: int = 50, size
                 if not os.path.isdir(final):
                     raise
         shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def make_shapes_own_data(root: str, classes: tuple[str, ...] = SHAPES_CLASSES, num_train: int = 400,
+                         num_val: int = 50, size: int = 128, seed: int = 0, progress: bool = True) -> str:
+    """Write generated scenes under `root` in the own-data layout (eva02.seg.own_data); returns root.
+
+        root/classes.txt                 `classes`, one per line (any of SHAPES_CLASSES, in any order)
+        root/img_dir/{train,val}/NNNNN.jpg
+        root/ann_dir/{train,val}/NNNNN.png   class index into `classes`; 255 = ignore: the boundary bands and the
+                                             pixels of shapes whose class is not listed
+    """
+    unknown = sorted(set(classes) - set(SHAPES_CLASSES))
+    if unknown:
+        raise ValueError(f"make_shapes_own_data: {unknown} are no shapes classes ({', '.join(SHAPES_CLASSES)})")
+    lut = np.full(256, 255, np.uint8)  # ADE label (0 unlabeled, 1 background, 2.. shapes) -> own label
+    for ade, name in enumerate(SHAPES_CLASSES, start=1):
+        if name in classes:
+            lut[ade] = classes.index(name)
+    os.makedirs(root, exist_ok=True)
+    for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+        rng = np.random.default_rng([seed, split_id])
+        os.makedirs(os.path.join(root, "img_dir", split), exist_ok=True)
+        os.makedirs(os.path.join(root, "ann_dir", split), exist_ok=True)
+        for i in tqdm(range(count), desc=f"shapes {split}", disable=not progress):
+            img, label = _sample(rng, size)
+            cv2.imwrite(os.path.join(root, "img_dir", split, f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(os.path.join(root, "ann_dir", split, f"{i:05d}.png"), lut[label])
+    with open(os.path.join(root, "classes.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(f"{name}\n" for name in classes))
     return root
 
 

@@ -20,12 +20,15 @@ from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
 from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
 from eva02.backbone.rng import capture_rng, restore_rng
 
-__all__ = ["AtomicLocalBackend", "ExactResumeHook", "WeightsOnlyCheckpointHook", "plain"]
+from .checkpoint import load_segmentor_checkpoint
+
+__all__ = ["AtomicLocalBackend", "ExactResumeHook", "SegmentorWeightsHook", "WeightsOnlyCheckpointHook", "plain"]
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -109,3 +112,33 @@ class ExactResumeHook(Hook):
 
     def after_val(self, runner) -> None:
         restore_rng(self._before_val)
+
+
+@HOOKS.register_module()
+class SegmentorWeightsHook(Hook):
+    """Starts training from a whole segmentor checkpoint (ours or official; tools/train_seg.py --weights).
+
+    mmengine's Runner.train() builds the model, runs init_weights(), then loads `load_from`; this hook loads in
+    before_train, after both, through eva02.seg.load_segmentor_checkpoint (official layouts converted, every
+    weight accounted for unless strict=False). Class-specific head layers trained for other classes are re-laid
+    by class name (eva02.backbone.class_rows), the classes being the training set's; one log line per such layer.
+    A resumed run (iteration > 0) already holds its weights: nothing is loaded then."""
+
+    priority = "VERY_HIGH"  # before any other hook looks at the weights
+
+    def __init__(self, checkpoint: str, weights_only: bool = True, strict: bool = True):
+        self.checkpoint = checkpoint
+        self.weights_only = weights_only
+        self.strict = strict
+
+    def before_train(self, runner) -> None:
+        if runner.iter > 0:
+            print_log(f"resumed at iteration {runner.iter}: the initial weights {self.checkpoint} are not loaded",
+                      logger="current")
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        classes = getattr(runner.train_dataloader.dataset, "metainfo", {}).get("classes")
+        summary = load_segmentor_checkpoint(model, self.checkpoint, weights_only=self.weights_only,
+                                            strict=self.strict, classes=classes, adapt_classes=True)
+        for line in summary.splitlines():
+            print_log(line, logger="current")

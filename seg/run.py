@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 from eva02.backbone.cli import UsageError, check_override_keys, takes_argument, world_size
 
 from .optim import fp32_without_gpu
+from .own_data import use_own_data
 
 __all__ = ["load_config", "apply_amp", "init_cpu_process_group", "check_overrides"]
 
@@ -49,12 +50,18 @@ def check_overrides(cfg: Config, overrides: dict) -> None:
                         else _registered_argument(node, name))
 
 
-def load_config(config_file: str, output: str | None, overrides: list[str]) -> Config:
-    """The config with the overrides merged, work_dir = output (default work_dirs/CONFIG_NAME), and the launcher
-    "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+def load_config(config_file: str, output: str | None, overrides: list[str], data: str | None = None) -> Config:
+    """The config on own data `data` if given (eva02.seg.own_data.use_own_data), with the overrides merged
+    (after: they may set the own-data datasets), work_dir = output (default work_dirs/CONFIG_NAME), and the
+    launcher "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
     if not osp.isfile(config_file):
         raise UsageError(f"--config-file {config_file}: no such file")
     cfg = Config.fromfile(config_file)
+    if data is not None:
+        if not osp.isdir(data):
+            raise UsageError(f"--data {data}: no such folder")
+        classes = use_own_data(cfg, data)
+        print(f"own data {data}: {len(classes)} classes ({', '.join(classes)})")
     overrides = parse_overrides(overrides)
     check_overrides(cfg, overrides)
     cfg.merge_from_dict(overrides)

@@ -2,70 +2,76 @@
 """Segment images with a segmentor and save coloured overlays with a legend.
 
     python tools/infer_seg.py --config-file CONFIG --weights CHECKPOINT --input IMG_OR_DIR --output DIR \
-        [--opacity 0.5] [--device cpu] [--allow-partial] [--unsafe-pickle]
+        [--data DATA] [--batch-size N] [--tta] [--opacity 0.5] [--device cpu] [--allow-partial] [--unsafe-pickle]
 
-CHECKPOINT: one of ours or a released official EVA-02 UperNet (read by eva02.seg.load_segmentor_checkpoint; a
-model weight it leaves unloaded stops the run unless --allow-partial is given).
-For every image, DIR/NAME.png holds the image blended with the prediction in the dataset palette and a legend
-of the classes present; DIR/NAME_labels.png the raw label map (class index per pixel); DIR/results.json lists
-what was segmented and the unreadable images (missing, not an image, or truncated: each file is decoded to its
-last byte first), which are reported and skipped; the exit status is then 1 (eva02.backbone.cli's convention).
+The inference convention of eva02.backbone.cli. CHECKPOINT: one of ours or a released official EVA-02 UperNet
+(read by eva02.seg.load_segmentor_checkpoint; a model weight it leaves unloaded stops the run unless
+--allow-partial is given). --data DATA: a model trained on your own data (tools/train_seg.py --data): the heads
+are sized for, and the legend names, the classes of DATA/classes.txt (the image folders are not needed).
+--tta: the config's multi-scale + flip test-time augmentation; --batch-size: images per forward pass.
+For every image NAME.ext, DIR/NAME.png holds the image blended with the prediction in the class palette and a
+legend of the classes present, DIR/NAME_labels.png the raw label map (class index per pixel), and
+DIR/results.json lists them ("images": file_name, drawn, labels) and the unreadable images (missing, not an
+image, or truncated: each file is decoded to its last byte first), which are reported and skipped; the exit
+status is then 1.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import os.path as osp
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from eva02.backbone.checkpoint import atomic_write
-from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, add_common_args, list_images, run_tool
+from eva02.backbone.cli import InferenceResults, UsageError, add_inference_args, list_images, run_tool
 from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Segment images with an EVA-02 segmentor")
-    add_common_args(p, "config", "weights", "input", "output", "device", "unsafe_pickle")
+    add_inference_args(p)
     p.add_argument("--opacity", type=float, default=0.5, help="weight of the colour mask in the overlay")
-    p.add_argument("--allow-partial", action="store_true", help="run even if the checkpoint leaves weights unloaded")
+    p.add_argument("--data", metavar="DIR", help="own data the model was trained on: classes from DIR/classes.txt")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     images = list_images(args.input)
     predictor = SegPredictor(args.config_file, args.weights, args.device, weights_only=not args.unsafe_pickle,
-                             strict=not args.allow_partial)
+                             strict=not args.allow_partial, tta=args.tta, data=args.data)
     print(predictor.load_summary)
-    os.makedirs(args.output, exist_ok=True)
-    failed, segmented = [], []
+    results = InferenceResults(args.output, args.config_file, args.weights)
+    dtype = np.uint16 if len(predictor.classes) > 255 else np.uint8
+
+    def flush(batch: list) -> None:
+        if not batch:
+            return
+        for (path, img), labels in zip(batch, predictor.predict([img for _, img in batch], len(batch))):
+            name = results.name_for(path)
+            cv2.imwrite(str(results.folder / f"{name}.png"),
+                        overlay(img, labels, predictor.palette, predictor.classes, args.opacity))
+            cv2.imwrite(str(results.folder / f"{name}_labels.png"), labels.astype(dtype))
+            results.add(path, f"{name}.png", labels=f"{name}_labels.png")
+        batch.clear()
+
+    batch: list = []
     for path in tqdm(images, desc="segmenting", unit="img"):
         problem = unreadable_image(str(path))  # cv2.imread alone would segment the part of a truncated file
         img = None if problem else cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            tqdm.write(f"skipping unreadable {problem or path}")
-            failed.append(problem or str(path))
+            reason = problem[len(str(path)):].strip()[1:-1] if problem else "cv2 cannot decode it"
+            results.skip(path, reason)
             continue
-        labels = predictor(img)
-        stem = osp.splitext(osp.basename(path))[0]
-        cv2.imwrite(osp.join(args.output, f"{stem}.png"),
-                    overlay(img, labels, predictor.palette, predictor.classes, args.opacity))
-        cv2.imwrite(osp.join(args.output, f"{stem}_labels.png"),
-                    labels.astype(np.uint16 if len(predictor.classes) > 255 else np.uint8))
-        segmented.append({"file_name": str(path), "overlay": f"{stem}.png", "labels": f"{stem}_labels.png"})
-    atomic_write(osp.join(args.output, "results.json"), lambda tmp: Path(tmp).write_text(json.dumps(
-        {"segmented": segmented, "unreadable_images": len(failed), "unreadable_files": failed}, indent=1)))
-    print(f"{len(segmented)} of {len(images)} images segmented, {len(failed)} unreadable -> {args.output}")
-    if failed:
-        print(f"{len(failed)} unreadable: {', '.join(failed)}", file=sys.stderr)
-    return EXIT_PARTIAL if failed else EXIT_OK
+        batch.append((path, img))
+        if len(batch) == args.batch_size:
+            flush(batch)
+    flush(batch)
+    return results.finish(f" (batch size {args.batch_size}{', TTA' if args.tta else ''})")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
 #!/usr/bin/env python
 """Train a segmentor (mmseg) with the EVA-02 TrV.
 
-    python tools/train_seg.py --config-file CONFIG [--output WORK_DIR] [--resume] [--amp fp16|bf16|off]
-        [--unsafe-pickle] [KEY=VALUE ...]
+    python tools/train_seg.py --config-file CONFIG [--output WORK_DIR] [--data DIR] [--weights CHECKPOINT]
+        [--allow-partial] [--resume] [--amp fp16|bf16|off] [--unsafe-pickle] [KEY=VALUE ...]
     torchrun --nproc_per_node N tools/train_seg.py --config-file CONFIG ...      # DDP (gloo on CPU, nccl on GPU)
 
 --output: where logs and checkpoints go (default work_dirs/CONFIG_NAME). --resume continues from the latest
 checkpoint there (model, optimizer, scheduler, iteration). --amp overrides the config's precision; the paper
 configs train in fp16 AMP on a GPU, and a CPU-only machine trains them in fp32 and says so.
---unsafe-pickle reads the backbone's `pretrained` checkpoint with weights_only=False (trusted files only).
-KEY=VALUE: mmengine config overrides (as its --cfg-options), e.g. model.backbone.pretrained=ckpt.pt.
+--data DIR: train and validate on your own data in mmseg's custom layout (DIR/classes.txt, DIR/img_dir/{train,val},
+DIR/ann_dir/{train,val}; eva02.seg.own_data), the heads sized for its classes.
+--weights CHECKPOINT: start from a whole segmentor (one of ours, or an official EVA-02 UperNet) instead of the
+backbone's `pretrained` weights. Class layers trained for other classes are re-laid: classes of the same name keep
+their weights, the others start fresh; the log says so, one line per layer. Any other model weight the checkpoint
+leaves unloaded stops the run unless --allow-partial is given.
+--unsafe-pickle reads the checkpoints (--weights, the backbone's `pretrained`) with weights_only=False (trusted
+files only). KEY=VALUE: mmengine config overrides (as its --cfg-options), e.g. model.backbone.pretrained=ckpt.pt.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import sys
 from mmengine.runner import Runner
 
 from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
+from eva02.seg.hooks import SegmentorWeightsHook
 from eva02.seg.run import apply_amp, init_cpu_process_group, load_config
 
 
@@ -26,18 +33,30 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an EVA-02 segmentor (mmseg)")
     add_common_args(p, "config", "amp", "resume", "unsafe_pickle", "overrides")
     p.add_argument("--output", metavar="DIR", help="work dir: logs and checkpoints (default: work_dirs/CONFIG_NAME)")
+    p.add_argument("--data", metavar="DIR", help="your own data: DIR/classes.txt, img_dir/{train,val}, ann_dir/...")
+    p.add_argument("--weights", metavar="PATH",
+                   help="start from this segmentor checkpoint (ours or official); class layers re-laid by name")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="train even if --weights leaves model weights at their initial values")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.output, args.overrides)
+    cfg = load_config(args.config_file, args.output, args.overrides, args.data)
     print(f"train_seg: {apply_amp(cfg, args.amp)}")
     cfg.resume = args.resume
     if args.unsafe_pickle:
         cfg.model.backbone.pretrained_weights_only = False
+    if args.weights:
+        cfg.model.backbone.pretrained = None  # the whole model comes from --weights
+        cfg.model.backbone.pop("init_cfg", None)
     init_cpu_process_group()
-    Runner.from_cfg(cfg).train()
+    runner = Runner.from_cfg(cfg)
+    if args.weights:
+        runner.register_hook(SegmentorWeightsHook(args.weights, weights_only=not args.unsafe_pickle,
+                                                  strict=not args.allow_partial))
+    runner.train()
     return EXIT_OK
 
 

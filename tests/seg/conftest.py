@@ -125,6 +125,42 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("paper_config", PAPER_CONFIGS, ids=[f"{Path(c).parent.name}-{Path(c).stem}" for c in PAPER_CONFIGS])
 
 
+@pytest.fixture(scope="session")
+def tiny_config():
+    """write(folder, max_iters=2) -> a config file in folder: the demo config with a 2-block, 64-wide TrV, 64-pixel
+    crops and 8 generated training images, logging every iteration."""
+    def write(folder, max_iters: int = 2) -> Path:
+        path = Path(folder) / "tiny_seg.py"
+        path.write_text(f"""
+_base_ = ["{REPO / DEMO_CONFIG}"]
+model = dict(
+    data_preprocessor=dict(size=(64, 64)),
+    backbone=dict(arch_overrides=dict(depth=2, embed_dim=64, num_heads=2, mlp_hidden=170), out_indices=(0, 1, 1, 1),
+                  img_size=64),
+    decode_head=dict(in_channels=[64] * 4, channels=16),
+    auxiliary_head=dict(in_channels=64, channels=8),
+)
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="RandomCrop", crop_size=(64, 64)),
+    dict(type="PackSegInputs"),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(pipeline=train_pipeline, generate=dict(num_train=8, num_val=4, size=64)))
+val_dataloader = dict(num_workers=0, persistent_workers=False, batch_size=1,
+                      dataset=dict(generate=dict(num_train=8, num_val=4, size=64)))
+test_dataloader = val_dataloader
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=2))
+train_cfg = dict(max_iters={max_iters}, val_interval=100)
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, save_best=None))
+log_processor = dict(window_size=1)  # each logged loss is that iteration's, not a running mean
+""")
+        return path
+
+    return write
+
+
 @pytest.fixture
 def repo():
     return REPO

@@ -12,47 +12,16 @@ import torch
 DEMO = "configs/demo/eva02_Ti_seg.py"
 
 
-def tiny_config(repo, tmp_path, **train_cfg):
-    """The demo config with a 2-block, 64-wide TrV, 64-pixel crops and 8 training images."""
-    path = tmp_path / "tiny_seg.py"
-    path.write_text(f"""
-_base_ = ["{repo / DEMO}"]
-model = dict(
-    data_preprocessor=dict(size=(64, 64)),
-    backbone=dict(arch_overrides=dict(depth=2, embed_dim=64, num_heads=2, mlp_hidden=170), out_indices=(0, 1, 1, 1),
-                  img_size=64),
-    decode_head=dict(in_channels=[64] * 4, channels=16),
-    auxiliary_head=dict(in_channels=64, channels=8),
-)
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
-    dict(type="RandomCrop", crop_size=(64, 64)),
-    dict(type="PackSegInputs"),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(pipeline=train_pipeline, generate=dict(num_train=8, num_val=4, size=64)))
-val_dataloader = dict(num_workers=0, persistent_workers=False, batch_size=1,
-                      dataset=dict(generate=dict(num_train=8, num_val=4, size=64)))
-test_dataloader = val_dataloader
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=2))
-train_cfg = dict(max_iters={train_cfg.get('max_iters', 2)}, val_interval=100)
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, save_best=None))
-log_processor = dict(window_size=1)  # each logged loss is that iteration's, not a running mean
-""")
-    return path
-
-
 def last_iter_checkpoint(work_dir):
     return torch.load(Path(work_dir, "last_checkpoint").read_text().strip(), map_location="cpu")  # weights_only
 
 
-def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool):
+def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool, tiny_config):
     env = {"SHAPES_ROOT": str(tmp_path / "data")}
     work = tmp_path / "work"
-    run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path, max_iters=2), "--output", work, env=env)  # "interrupted"
+    run_tool("train_seg.py", "--config-file", tiny_config(tmp_path, max_iters=2), "--output", work, env=env)  # "interrupted"
     assert last_iter_checkpoint(work)["meta"]["iter"] == 2
-    proc = run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path, max_iters=4), "--output", work, "--resume",
+    proc = run_tool("train_seg.py", "--config-file", tiny_config(tmp_path, max_iters=4), "--output", work, "--resume",
                     env=env)
     log = proc.stdout + proc.stderr
     assert re.search(r"resumed epoch: \d+, iter: 2", log), log[-3000:]
@@ -63,12 +32,12 @@ def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool):
     assert steps == {4}  # AdamW state carried over: 2 steps before the interruption + 2 after
 
 
-def test_two_process_ddp_on_cpu(repo, tmp_path, run_tool):
+def test_two_process_ddp_on_cpu(repo, tmp_path, run_tool, tiny_config):
     env = {"SHAPES_ROOT": str(tmp_path / "data")}
     with socket.socket() as probe:  # a free port: a fixed one may still be held by an earlier run
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = run_tool("train_seg.py", "--config-file", tiny_config(repo, tmp_path), "--output", tmp_path / "work",
+    proc = run_tool("train_seg.py", "--config-file", tiny_config(tmp_path), "--output", tmp_path / "work",
                     env=env, launcher=["--nproc_per_node", "2", "--master_port", str(port)])
     log = proc.stdout + proc.stderr
     assert "Distributed launcher: pytorch" in log and "Distributed training: True" in log
@@ -136,11 +105,15 @@ def test_infer_writes_overlays_and_skips_bad_images(demo_run, repo, run_tool, tm
     proc = run_tool("infer_seg.py", "--config-file", DEMO, "--weights", ckpt, "--input", inputs, "--output",
                     tmp_path / "out", check=False)
     assert proc.returncode == 1
-    assert "broken.jpg" in proc.stdout + proc.stderr and "truncated.jpg (image file is truncated" in proc.stderr
-    assert "2 of 4 images segmented, 2 unreadable" in proc.stdout
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["unreadable_images"] == 2 and [Path(r["file_name"]).name for r in results["segmented"]] == [
-        "photo0.jpg", "photo1.jpg"]
+    assert "skipped unreadable" in proc.stderr and "broken.jpg" in proc.stderr
+    assert re.search(r"truncated\.jpg: image file is truncated", proc.stderr)
+    assert "2 of 4 images done (batch size 1), 2 unreadable" in proc.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # eva02.backbone.cli.InferenceResults
+    assert results["config"] == DEMO and results["weights"] == ckpt
+    assert results["unreadable_images"] == 2
+    assert sorted(Path(r["file_name"]).name for r in results["unreadable_files"]) == ["broken.jpg", "truncated.jpg"]
+    assert [(Path(r["file_name"]).name, r["drawn"], r["labels"]) for r in results["images"]] == [
+        ("photo0.jpg", "photo0.png", "photo0_labels.png"), ("photo1.jpg", "photo1.png", "photo1_labels.png")]
     overlay = cv2.imread(str(tmp_path / "out" / "photo0.png"))
     labels = cv2.imread(str(tmp_path / "out" / "photo0_labels.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (128, 100) and labels.max() < 5
@@ -159,7 +132,7 @@ def _per_iteration(work) -> dict[int, dict]:
     return rows
 
 
-def test_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_result(repo, tmp_path, run_tool):
+def test_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_result(repo, tmp_path, run_tool, tiny_config):
     """SIGKILL inside the write of iter_4.pth (tests/kill_during_save.py): the previous checkpoint stays the last
     one, the next start removes the temporary file, and the resumed run ends with the uninterrupted run's
     weights, optimizer state, and the loss and lr of every iteration."""
@@ -167,7 +140,7 @@ def test_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_result(re
     import sys
 
     env = {**os.environ, "SHAPES_ROOT": str(tmp_path / "data"), "OMP_NUM_THREADS": "2"}
-    config = tiny_config(repo, tmp_path, max_iters=6)
+    config = tiny_config(tmp_path, max_iters=6)
     run_tool("train_seg.py", "--config-file", config, "--output", tmp_path / "straight", env=env)
     killed = tmp_path / "killed"
     proc = subprocess.run([sys.executable, str(repo / "tests/kill_during_save.py"), "2", r"^iter_\d+\.pth$",
