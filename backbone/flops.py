@@ -1,4 +1,5 @@
-"""FLOP counting as fvcore counts (one multiply-add = 1 FLOP), with the attention kernel counted too.
+"""Operation counting as fvcore counts: multiply-adds (one multiply-add = 1; FLOPs are twice that), with the
+attention kernel counted too. The paper's and fvcore's "FLOPs" tables use this count.
 
 fvcore has no handle for `aten::scaled_dot_product_attention`, so a fused-attention model would look
 cheaper than the same model on the math path. fvcore is imported lazily: eva02.backbone needs only torch.
@@ -22,7 +23,7 @@ def sdpa_flop_handle(inputs, outputs) -> int:
 
 
 def count_flops(model: torch.nn.Module, *inputs) -> int:
-    """Total FLOPs of model(*inputs), fvcore's convention plus scaled_dot_product_attention."""
+    """Total multiply-adds of model(*inputs) (fvcore's "FLOPs"), scaled_dot_product_attention included."""
     from fvcore.nn import FlopCountAnalysis
 
     with torch.no_grad():

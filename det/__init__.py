@@ -10,5 +10,11 @@ Modules:
     lvis        federated-loss class weights, repeat-factor sampler, numpy-2-safe LVISEvaluator
     engine      training / evaluation loop behind tools/train_det.py (AMP, EMA, DDP, checkpoints)
     roi_heads, postprocess, evaluation   soft-NMS, maskness, results writers
+    own_data    your own COCO-format data (tools/train_det.py --train-data / --val-data)
+    predictor   Predictor: a config + weights on image paths or arrays -> Detections (boxes, scores, classes, masks)
+    tta         DetectorTTA: multi-scale + flip test-time augmentation (dataloader.tta, --tta)
 Configs live in configs/{coco,lvis,o365,demo}; the shared base in configs/common.
 """
+from .predictor import Detections, Predictor
+
+__all__ = ["Detections", "Predictor"]

@@ -26,6 +26,7 @@ from .datasets import CheckedADE20KDataset, CheckedCOCOStuffDataset
 from .hooks import SegmentorWeightsHook, WeightsOnlyCheckpointHook
 from .optim import LayerDecayOptimWrapperConstructor, fp32_without_gpu
 from .own_data import OwnSegDataset, read_classes, use_own_data
+from .predictor import SegPredictor, overlay
 from .segmentor import CropAwareEncoderDecoder
 from .transforms import ShortSideResize
 
@@ -33,5 +34,5 @@ __all__ = [
     "EVA02", "CropAwareEncoderDecoder", "LayerDecayOptimWrapperConstructor", "WeightsOnlyCheckpointHook",
     "CPUDistributedDataParallel", "CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShortSideResize",
     "fp32_without_gpu", "IncompleteCheckpointError", "load_backbone_weights", "load_segmentor_checkpoint",
-    "OwnSegDataset", "read_classes", "use_own_data", "SegmentorWeightsHook",
+    "OwnSegDataset", "read_classes", "use_own_data", "SegmentorWeightsHook", "SegPredictor", "overlay",
 ]

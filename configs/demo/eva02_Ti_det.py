@@ -31,6 +31,7 @@ model.backbone.net.update(
     drop_path_rate=0.0,
 )
 set_input_size(model, dataloader, IMAGE_SIZE, min_scale=0.8, max_scale=1.25)  # mild jitter: objects stay learnable
+dataloader.tta.sizes = [96, 128, 160]  # --tta: the training jitter's range (0.8-1.25 of 128), each also flipped
 set_head_width(model, channels=64, fc_dim=256)  # CPU budget: the paper's 256 / 1024 heads cost ~1 min a step
 for _head in model.roi_heads.box_heads:
     _head.update(conv_dims=[], fc_dims=[256, 256])  # 2fc box heads: the 4-conv ones dominate a CPU step

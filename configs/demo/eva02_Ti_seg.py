@@ -5,8 +5,8 @@
 #       --weights $(cat output/demo/seg/last_checkpoint) \
 #       --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
 # Same model code and optimizer constructor as the paper configs; only sizes and schedule are demo-sized.
-# Measured (2 cores, seed 0): 93.2 mIoU on the 50 validation images after 200 iterations, about a
-# minute of training on an idle machine.
+# Measured (2 cores, seed 0): 60.6 mIoU (95.5 pixel accuracy) on the 50 validation images after 200 iterations,
+# about 1.5 minutes of training.
 _base_ = [
     "../_base_/models/upernet_eva02.py", "../_base_/datasets/ade20k.py",
     "../_base_/default_runtime.py", "../_base_/schedules/layer_decay_poly.py",
