@@ -163,12 +163,13 @@ def do_test(cfg, model, weights: str = "") -> dict:
     weights: a name for the weights evaluated ("raw" / "EMA" during EMA training), used in the log and in the
     results file name (results.json, results_raw.json)."""
     tta = cfg.dataloader.get("tta", {})
-    mapper = instantiate(cfg.dataloader.test.mapper)
     if tta.get("enabled", False):
         mapper = instantiate_with(cfg.dataloader.test.mapper, augmentations=[])  # TTA resizes the originals itself
         model = build_tta(unwrap_model(model), tta)
         logger.info(f"test-time augmentation: sizes {list(tta.sizes)}{', each also flipped' if tta.flip else ''}, "
                     f"merged by {tta.nms_method} at IoU {tta.nms_thresh}")
+    else:
+        mapper = instantiate(cfg.dataloader.test.mapper)
     # a bad image is skipped and counted, not fatal
     loader = instantiate_with(cfg.dataloader.test, mapper=SkipUnreadable(mapper))
     model = ReadableOnly(model)

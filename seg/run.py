@@ -33,8 +33,15 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+# mmseg's segmentor test_cfg is a plain dict (no `type`): slide inference reads these keys from it.
+_TEST_CFG_KEYS = ("mode", "crop_size", "stride")
+
+
 def _registered_argument(node, name: str) -> bool:
-    """A key a `type=...` dict does not list yet, but the registered class (or function) it builds takes."""
+    """A key a `type=...` dict does not list yet, but the registered class (or function) it builds takes; or a
+    slide-inference key of a segmentor's test_cfg (a dict with a `mode`)."""
+    if "mode" in node and "type" not in node and name in _TEST_CFG_KEYS:
+        return True
     kind = node.get("type")
     if isinstance(kind, str):
         kind = next((found for registry in _REGISTRIES if (found := registry.get(kind)) is not None), None)

@@ -2,7 +2,8 @@
 """Segment images with a segmentor and save coloured overlays with a legend.
 
     python tools/infer_seg.py --config-file CONFIG --weights CHECKPOINT --input IMG_OR_DIR --output DIR \
-        [--data DATA] [--batch-size N] [--tta] [--opacity 0.5] [--device cpu] [--allow-partial] [--unsafe-pickle]
+        [--data DATA] [--batch-size N] [--tta] [--opacity 0.5] [--device cpu] [--allow-partial] [--unsafe-pickle] \
+        [KEY=VALUE ...]
 
 The inference convention of eva02.backbone.cli. CHECKPOINT: one of ours or a released official EVA-02 UperNet
 (read by eva02.seg.load_segmentor_checkpoint; a model weight it leaves unloaded stops the run unless
@@ -13,20 +14,24 @@ For every image NAME.ext, DIR/NAME.png holds the image blended with the predicti
 legend of the classes present, DIR/NAME_labels.png the raw label map (class index per pixel), and
 DIR/results.json lists them ("images": file_name, drawn, labels) and the unreadable images (missing, not an
 image, or truncated: each file is decoded to its last byte first), which are reported and skipped; the exit
-status is then 1.
+status is then 1. KEY=VALUE: config overrides, as tools/test_seg.py takes them (e.g.
+model.test_cfg.mode=slide); a key the config does not have is an error naming the closest one.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import cv2
 import numpy as np
+from mmengine.config import Config
 from tqdm import tqdm
 
 from eva02.backbone.cli import InferenceResults, UsageError, add_inference_args, list_images, run_tool
 from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
+from eva02.seg.run import check_overrides, parse_overrides
 
 
 def parse_args(argv=None):
@@ -34,6 +39,7 @@ def parse_args(argv=None):
     add_inference_args(p)
     p.add_argument("--opacity", type=float, default=0.5, help="weight of the colour mask in the overlay")
     p.add_argument("--data", metavar="DIR", help="own data the model was trained on: classes from DIR/classes.txt")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     return p.parse_args(argv)
 
 
@@ -42,8 +48,12 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     images = list_images(args.input)
-    predictor = SegPredictor(args.config_file, args.weights, args.device, weights_only=not args.unsafe_pickle,
-                             strict=not args.allow_partial, tta=args.tta, data=args.data)
+    if not os.path.isfile(args.config_file):
+        raise UsageError(f"--config-file {args.config_file}: no such file")
+    cfg, overrides = Config.fromfile(args.config_file), parse_overrides(args.overrides)
+    check_overrides(cfg, overrides)
+    predictor = SegPredictor(cfg, args.weights, args.device, weights_only=not args.unsafe_pickle,
+                             strict=not args.allow_partial, tta=args.tta, data=args.data, cfg_options=overrides)
     print(predictor.load_summary)
     results = InferenceResults(args.output, args.config_file, args.weights)
     dtype = np.uint16 if len(predictor.classes) > 255 else np.uint8

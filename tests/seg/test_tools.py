@@ -119,6 +119,16 @@ def test_infer_writes_overlays_and_skips_bad_images(demo_run, repo, run_tool, tm
     assert labels.shape == (128, 100) and labels.max() < 5
     assert overlay.shape[0] >= 128 and overlay.shape[1] > 100  # image + legend panel
     assert not (tmp_path / "out" / "broken.png").exists()
+    # KEY=VALUE overrides reach the model (slide inference gives a label map of the same size); a typo is one line
+    proc = run_tool("infer_seg.py", "--config-file", DEMO, "--weights", ckpt, "--input", inputs / "photo0.jpg",
+                    "--output", tmp_path / "slide", "model.test_cfg.mode=slide", "model.test_cfg.crop_size=(64,64)",
+                    "model.test_cfg.stride=(48,48)", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    slide = cv2.imread(str(tmp_path / "slide" / "photo0_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert slide.shape == labels.shape and (slide != labels).any()  # 64-px windows see less context
+    typo = run_tool("infer_seg.py", "--config-file", DEMO, "--weights", ckpt, "--input", inputs, "--output",
+                    tmp_path / "typo", "model.test_cfg.mdoe=slide", check=False)
+    assert typo.returncode == 2 and "did you mean model.test_cfg.mode?" in typo.stderr
 
 
 def _per_iteration(work) -> dict[int, dict]:
