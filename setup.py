@@ -22,8 +22,9 @@ setup(
         # mmcv must be the full build with compiled ops; `make install` builds it (see README).
         "seg": ["mmengine==0.10.7", "mmsegmentation==1.2.2", "mmdet==3.3.0", "opencv-python", "tqdm"],
         "xformers": ["xformers"],
+        "onnx": ["onnx", "onnxruntime"],  # tools/export_onnx.py
         "all": ["fvcore", "iopath", "pycocotools", "lvis", "omegaconf", "hydra-core", "opencv-python",
                 "scipy", "matplotlib", "tqdm", "mmengine==0.10.7", "mmsegmentation==1.2.2", "mmdet==3.3.0",
-                "timm", "safetensors"],
+                "timm", "safetensors", "onnx", "onnxruntime"],
     },
 )

@@ -26,7 +26,7 @@ def axis_angles(head_dim: int, length: int, scale: float, device=None) -> torch.
     d = head_dim // 2
     freqs = 1.0 / (10000 ** (torch.arange(0, d, 2, device=device, dtype=torch.float32)[: d // 2] / d))
     t = torch.arange(length, device=device, dtype=torch.float32) * scale
-    return torch.outer(t, freqs).repeat_interleave(2, dim=-1)
+    return torch.outer(t, freqs.repeat_interleave(2))  # the same products; a 1-D repeat exports to ONNX cleanly
 
 
 def rope_table(head_dim: int, hw: tuple[int, int], scale: float, device=None) -> RopeTable:
@@ -36,14 +36,16 @@ def rope_table(head_dim: int, hw: tuple[int, int], scale: float, device=None) ->
     H, W = hw
     rows = axis_angles(head_dim, H, scale, device)[:, None, :].expand(H, W, -1)
     cols = axis_angles(head_dim, W, scale, device)[None, :, :].expand(H, W, -1)
-    angles = torch.cat((rows, cols), dim=-1).reshape(H * W, head_dim)
+    angles = torch.cat((rows, cols), dim=2).reshape(H * W, head_dim)
     return RopeTable(angles.cos(), angles.sin(), torch.polar(torch.ones_like(angles[:, ::2]), angles[:, ::2]))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Interleaved pairs (x1, x2) -> (-x2, x1)."""
-    x = x.unflatten(-1, (-1, 2))
-    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
+    # A gather and a sign, no stack / reshape: the ONNX exporter mis-infers the rank of those here.
+    index = torch.arange(x.shape[-1], device=x.device)
+    odd = index % 2
+    return x.index_select(x.dim() - 1, index + 1 - 2 * odd) * (2 * odd - 1).to(x.dtype)
 
 
 def apply_rope(x: torch.Tensor, table: RopeTable, num_prefix: int = 0) -> torch.Tensor:

@@ -155,11 +155,17 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def exporting() -> bool:
+    """Whether the model is being traced (torch.jit.trace, ONNX export): sizes are then graph values, so the
+    code takes the branch that holds for every size instead of testing this size."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """(B, H, W, C) -> (B * nW, ws * ws, C), zero-padding H and W up to multiples of ws."""
     B, H, W, C = x.shape
     pad_h, pad_w = (-H) % ws, (-W) % ws
-    if pad_h or pad_w:
+    if exporting() or pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     Hp, Wp = H + pad_h, W + pad_w
     x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
@@ -171,7 +177,7 @@ def window_unpartition(x: torch.Tensor, ws: int, padded_hw: tuple[int, int], hw:
     (Hp, Wp), (H, W) = padded_hw, hw
     B = x.shape[0] // (Hp * Wp // ws // ws)
     x = x.view(B, Hp // ws, Wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
-    return x[:, :H, :W, :].contiguous() if (Hp, Wp) != (H, W) else x
+    return x[:, :H, :W, :].contiguous() if exporting() or (Hp, Wp) != (H, W) else x
 
 
 class Block(nn.Module):
@@ -313,7 +319,7 @@ class TrV(nn.Module):
         """Absolute position embedding without the cls slot, resized to hw: (1, H, W, C)."""
         g = self.pos_grid
         pos = self.pos_embed[:, 1:].reshape(1, g, g, -1)
-        if (g, g) != tuple(hw):
+        if exporting() or (g, g) != tuple(hw):
             pos = F.interpolate(pos.permute(0, 3, 1, 2), size=hw, mode="bicubic", align_corners=False)
             pos = pos.permute(0, 2, 3, 1)
         return pos
@@ -326,7 +332,9 @@ class TrV(nn.Module):
         if self.window_size > 0 and len(self.global_blocks) < self.cfg.depth:
             ws = self.window_size
             win = rope_table(head_dim, (ws, ws), pt / ws, device)
-        glb = rope_table(head_dim, hw, pt / (self.rope_grid or max(hw)), device)
+        side = self.rope_grid or (torch.maximum(torch.as_tensor(hw[0]), torch.as_tensor(hw[1])) if exporting()
+                                  else max(hw))  # traced sizes: the larger one chosen in the graph
+        glb = rope_table(head_dim, hw, pt / side, device)
         return win, glb
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
