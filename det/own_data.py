@@ -4,10 +4,11 @@ our detection configs, without code.
     tools/train_det.py --config-file configs/coco/eva02_B_bsl.py --weights W.pth \
         --train-data train.json train_images/ --val-data val.json val_images/
 
-or, in a config of your own that inherits one of ours:
+or, in a config of your own that inherits one of ours (tools/train_det.py --config-file my_config.py):
 
+    from detectron2.config import LazyConfig
     from eva02.det.own_data import use_own_data
-    from configs.coco.eva02_B_bsl import dataloader, lr_multiplier, model, optimizer, train   # (LazyConfig.load)
+    globals().update(LazyConfig.load("configs/coco/eva02_B_bsl.py"))   # model, dataloader, optimizer, train, ...
     use_own_data(model, dataloader, ("train.json", "train_images"), ("val.json", "val_images"))
 
 The class names and their number come from the training json's `categories` (sorted by id, as detectron2
@@ -219,4 +220,6 @@ def use_own_data(model, dataloader, train: tuple[str, str] | None, val: tuple[st
         if predictor.get("use_fed_loss") and train is not None:
             power = predictor.get_fed_loss_cls_weights.get("power", 0.5)
             predictor.get_fed_loss_cls_weights = L(OwnFedLossClassWeights)(json_file=train[0], power=power)
+            # detectron2 samples up to fed_loss_num_classes (default 50) classes without replacement
+            predictor.fed_loss_num_classes = min(predictor.get("fed_loss_num_classes", 50), len(classes))
     return classes

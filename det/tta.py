@@ -49,7 +49,7 @@ class DetectorTTA(nn.Module):
                  topk_per_image: int | None = None):
         super().__init__()
         if not sizes:
-            raise ValueError("DetectorTTA needs at least one size")
+            raise ValueError("DetectorTTA needs at least one size (the config's dataloader.tta.sizes is empty)")
         self.model = model
         self.sizes = [int(s) for s in sizes]
         self.flip = flip
@@ -65,7 +65,7 @@ class DetectorTTA(nn.Module):
     def forward(self, batched_inputs: list[dict]) -> list[dict]:
         return [{"instances": self._one_image(x)} for x in batched_inputs]
 
-    def _augmented(self, inputs: dict) -> list[tuple[list[dict], list[TransformList], bool]]:
+    def _augmented(self, inputs: dict) -> list[tuple[list[dict], list[TransformList], list[bool]]]:
         """Groups of augmented inputs, one group per size (the image and its flip, batched together), with the
         transforms from the original image to each."""
         image = inputs["image"]

@@ -175,3 +175,46 @@ def test_own_data_mistakes_are_one_line(fine_tuned, tmp_path):
     alone = train_det("--config-file", CONFIG, "--output", tmp_path / "x", "--train-data", paths["train_json"],
                       paths["train_images"])
     assert alone.returncode == 2 and "--train-data needs --val-data JSON IMAGES too" in alone.stderr
+
+
+def test_lvis_config_on_own_data_trains_with_its_federated_loss(fine_tuned, make_config, tmp_path):
+    """An LVIS config on 3-class own data: federated-loss weights are the json's image counts ** 0.5 (counted here
+    with pycocotools) and one training iteration and the evaluation run."""
+    from pycocotools.coco import COCO
+
+    from eva02.det.engine import run
+    from eva02.det.own_data import use_own_data
+
+    paths = fine_tuned["paths"]
+    cfg = make_config("configs/lvis/eva02_B_bsl.py", tmp_path)
+    classes = use_own_data(cfg.model, cfg.dataloader, (paths["train_json"], paths["train_images"]),
+                           (paths["val_json"], paths["val_images"]))
+    predictor = cfg.model.roi_heads.box_predictors[0]
+    assert cfg.model.roi_heads.num_classes == 3 and predictor.fed_loss_num_classes == 3
+    coco = COCO(paths["train_json"])
+    expected = [len(coco.getImgIds(catIds=[c])) ** 0.5 for c in sorted(coco.getCatIds())]
+    torch.testing.assert_close(instantiate(predictor.get_fed_loss_cls_weights)(), torch.tensor(expected))
+    metrics = run(cfg)
+    assert torch.isfinite(torch.tensor(metrics["total_loss"][0]))
+    assert classes == ["square", "disk", "star"]
+    assert "AP" in json.loads((tmp_path / "results.json").read_text())["bbox"]
+
+
+def test_a_config_of_your_own_inherits_ours(fine_tuned, tmp_path):
+    """The README's own-config form: one of our configs loaded, pointed at the data, a value changed."""
+    from eva02.det.config import load_config
+
+    paths = fine_tuned["paths"]
+    mine = tmp_path / "my_config.py"
+    mine.write_text(f"""
+from detectron2.config import LazyConfig
+from eva02.det.own_data import use_own_data
+globals().update(LazyConfig.load("{CONFIG}"))
+use_own_data(model, dataloader, ("{paths['train_json']}", "{paths['train_images']}"),
+             ("{paths['val_json']}", "{paths['val_images']}"))
+train.max_iter = 5000
+""")
+    cfg = load_config(str(mine), ["train.log_period=7"])
+    assert cfg.model.roi_heads.num_classes == 3 and cfg.train.max_iter == 5000 and cfg.train.log_period == 7
+    assert (cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names) == ("own_train", "own_val")
+    assert cfg.model.backbone.net.arch == "eva02_Ti"  # the rest is the inherited config's
