@@ -38,8 +38,8 @@ import torch
 from .checkpoint import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "AMP_CHOICES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError",
-           "default_device", "InferenceResults", "add_common_args", "add_inference_args", "check_override_keys", "list_images", "run_tool", "takes_argument",
-           "world_size"]
+           "default_device", "InferenceResults", "add_common_args", "add_inference_args", "check_override_keys",
+           "list_images", "run_tool", "takes_argument", "world_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 AMP_CHOICES = ("fp16", "bf16", "off")
