@@ -53,7 +53,8 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
             x0, y0 = poly.min(0)
             x1, y1 = poly.max(0)
             annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": classes.index(SHAPE_CLASSES[shape.label]) + 1, "iscrowd": 0,
+                "id": len(annotations) + 1, "image_id": i + 1,
+                "category_id": classes.index(SHAPE_CLASSES[shape.label]) + 1, "iscrowd": 0,
                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "area": _polygon_area(poly), "segmentation": [poly.round(2).ravel().tolist()],
             })

@@ -107,8 +107,8 @@ def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
     assert len(anns) == len(found) > 0
     np.testing.assert_allclose([a["score"] for a in anns], found.scores, rtol=1e-5)
     np.testing.assert_allclose([a["category_id"] for a in anns], found.classes + 1)
-    np.testing.assert_allclose([a["bbox"] for a in anns], np.c_[found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]],
-                               atol=1e-3)
+    xywh = np.c_[found.boxes[:, :2], found.boxes[:, 2:] - found.boxes[:, :2]]
+    np.testing.assert_allclose([a["bbox"] for a in anns], xywh, atol=1e-3)
     assert found.masks.shape == (len(found), 128, 128) and found.masks.dtype == bool
     assert [int(mask_util.area(a["segmentation"])) for a in anns] == found.masks.sum((1, 2)).tolist()
     assert found.class_names == [["disk", "square", "triangle", "cross"][c] for c in found.classes]
