@@ -86,10 +86,17 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def add_inference_args(parser: argparse.ArgumentParser) -> None:
     """The inference tools' flags (module docstring): the common ones, --batch-size, --tta, --allow-partial."""
     add_common_args(parser, "config", "weights", "input", "output", "device", "unsafe_pickle")
-    parser.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="images per forward pass")
     parser.add_argument("--tta", action="store_true", help="the config's test-time augmentation (multi-scale + flip)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="run even if the checkpoint leaves model weights at their initial values")

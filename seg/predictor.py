@@ -76,7 +76,8 @@ class SegPredictor:
     def __init__(self, config: str | Config, weights: str, device: str | None = None, weights_only: bool = True,
                  strict: bool = True, tta: bool = False, data: str | None = None, cfg_options: dict | None = None):
         cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
-        own_classes = use_own_data(cfg, data) if data is not None else None
+        if data is not None:
+            use_own_data(cfg, data)
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
         if tta and ("tta_model" not in cfg or "tta_pipeline" not in cfg):
@@ -85,7 +86,7 @@ class SegPredictor:
         checkpoint = read_state_dict(weights, weights_only)
         self.load_summary = load_segmentor_checkpoint(self.model, checkpoint, strict=strict,
                                                       source=os.fspath(weights))
-        classes, palette = self._classes(cfg, checkpoint, own_classes)
+        classes, palette = self._classes(cfg, checkpoint)
         self.model.dataset_meta = dict(classes=tuple(classes), palette=[list(c) for c in palette])
         self.classes = list(classes)
         self.palette = np.asarray(palette, np.uint8)
@@ -94,21 +95,19 @@ class SegPredictor:
             self.tta_model = MODELS.build(dict(cfg.tta_model, module=self.model))
             self.tta_pipeline = inference_pipeline(cfg.tta_pipeline)
 
-    def _classes(self, cfg: Config, checkpoint: dict, own_classes: list[str] | None):
+    def _classes(self, cfg: Config, checkpoint: dict):
         count = self.model.decode_head.num_classes
-        if own_classes is not None:
-            return own_classes, make_palette(len(own_classes))
+        dataset_cfg = cfg.test_dataloader.dataset
+        dataset = DATASETS.get(dataset_cfg.type)
+        if dataset is not None and issubclass(dataset, OwnSegDataset):  # own data: DATA/classes.txt
+            names = read_classes(dataset_cfg.data_root)
+            if len(names) == count:
+                return names, make_palette(count)
         meta = (checkpoint.get("meta") or {}).get("dataset_meta") or {}
         names = checkpoint_classes(checkpoint)
         if names is not None and len(names) == count:
             palette = meta.get("palette") or (checkpoint.get("meta") or {}).get("PALETTE")
             return names, palette if palette is not None and len(palette) == count else make_palette(count)
-        dataset_cfg = cfg.test_dataloader.dataset
-        dataset = DATASETS.get(dataset_cfg.type)
-        if dataset is not None and issubclass(dataset, OwnSegDataset):
-            names = read_classes(dataset_cfg.data_root)
-            if len(names) == count:
-                return names, make_palette(count)
         metainfo = getattr(dataset, "METAINFO", {}) if dataset is not None else {}
         if len(metainfo.get("classes") or ()) == count:
             return list(metainfo["classes"]), metainfo.get("palette") or make_palette(count)

@@ -17,7 +17,7 @@ from eva02.backbone.cli import UsageError, check_override_keys, takes_argument, 
 from .optim import fp32_without_gpu
 from .own_data import use_own_data
 
-__all__ = ["load_config", "apply_amp", "init_cpu_process_group", "check_overrides"]
+__all__ = ["read_config", "load_config", "apply_amp", "init_cpu_process_group", "check_overrides"]
 
 _REGISTRIES = [r for r in vars(mmseg.registry).values() if isinstance(r, Registry)]
 
@@ -57,10 +57,9 @@ def check_overrides(cfg: Config, overrides: dict) -> None:
                         else _registered_argument(node, name))
 
 
-def load_config(config_file: str, output: str | None, overrides: list[str], data: str | None = None) -> Config:
-    """The config on own data `data` if given (eva02.seg.own_data.use_own_data), with the overrides merged
-    (after: they may set the own-data datasets), work_dir = output (default work_dirs/CONFIG_NAME), and the
-    launcher "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+def read_config(config_file: str, overrides: list[str], data: str | None = None) -> Config:
+    """The config on own data `data` if given (eva02.seg.own_data.use_own_data), with the checked overrides merged
+    (after: they may set the own-data datasets); UsageError for a missing file or folder."""
     if not osp.isfile(config_file):
         raise UsageError(f"--config-file {config_file}: no such file")
     cfg = Config.fromfile(config_file)
@@ -72,6 +71,13 @@ def load_config(config_file: str, output: str | None, overrides: list[str], data
     overrides = parse_overrides(overrides)
     check_overrides(cfg, overrides)
     cfg.merge_from_dict(overrides)
+    return cfg
+
+
+def load_config(config_file: str, output: str | None, overrides: list[str], data: str | None = None) -> Config:
+    """read_config, for a run: work_dir = output (default work_dirs/CONFIG_NAME), and the launcher "pytorch"
+    under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+    cfg = read_config(config_file, overrides, data)
     cfg.work_dir = output or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config_file))[0])
     cfg.launcher = "pytorch" if world_size() > 1 else "none"
     os.environ.setdefault("LOCAL_RANK", "0")

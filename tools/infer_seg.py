@@ -20,18 +20,16 @@ model.test_cfg.mode=slide); a key the config does not have is an error naming th
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import cv2
 import numpy as np
-from mmengine.config import Config
 from tqdm import tqdm
 
-from eva02.backbone.cli import InferenceResults, UsageError, add_inference_args, list_images, run_tool
+from eva02.backbone.cli import InferenceResults, add_inference_args, list_images, run_tool
 from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
-from eva02.seg.run import check_overrides, parse_overrides
+from eva02.seg.run import read_config
 
 
 def parse_args(argv=None):
@@ -45,15 +43,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size {args.batch_size}: must be at least 1")
     images = list_images(args.input)
-    if not os.path.isfile(args.config_file):
-        raise UsageError(f"--config-file {args.config_file}: no such file")
-    cfg, overrides = Config.fromfile(args.config_file), parse_overrides(args.overrides)
-    check_overrides(cfg, overrides)
+    cfg = read_config(args.config_file, args.overrides, args.data)  # own data: classes from DATA/classes.txt
     predictor = SegPredictor(cfg, args.weights, args.device, weights_only=not args.unsafe_pickle,
-                             strict=not args.allow_partial, tta=args.tta, data=args.data, cfg_options=overrides)
+                             strict=not args.allow_partial, tta=args.tta)
     print(predictor.load_summary)
     results = InferenceResults(args.output, args.config_file, args.weights)
     dtype = np.uint16 if len(predictor.classes) > 255 else np.uint8

@@ -93,5 +93,6 @@ def main(argv=None) -> int:
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1, default=float)))
     return EXIT_PARTIAL if unreadable or bad_labels else EXIT_OK
 
+
 if __name__ == "__main__":
     sys.exit(run_tool(main))
