@@ -1,0 +1,178 @@
+"""Peak GPU memory of a detection config's training step and inference, without a GPU (eva02.backbone.memory).
+
+The trace runs the config's own model and the training loop's own step (`EVATrainer.run_step`: autocast,
+losses, backward, the config's AdamW with its layer-decay groups, EMA when the config has it), twice, so the
+second step runs with the optimizer state of a steady-state iteration. Inputs: `batch` images of
+`size` x `size` (the LSJ crop every training image is cut to, the worst case of the test resize) with
+`objects` ground-truth objects each.
+
+Where the detector's data decides a size, the trace takes the largest the code allows (every anchor a
+candidate, every box kept by NMS) with one refinement: the mask head gets the sampler's cap of foreground
+RoIs per image (positive_fraction x batch_size_per_image, 128 in the paper configs), the most it can get, as
+in a crowded image; and inference returns `detections` per image (the config's test_topk_per_image unless
+given: soft-NMS configs that keep every survivor return more in crowded images). Two CPU-side steps are stood in for: polygon ground-truth masks are rasterized per RoI on
+the host (their output shape is kept), and torchvision's per-class NMS loop is replaced by its one-call
+equivalent (same result, one NMS instead of one per level).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from unittest import mock
+
+import numpy as np
+import torch
+import torchvision.ops.boxes as tv_boxes
+from detectron2.config import instantiate
+from detectron2.modeling.roi_heads import roi_heads as d2_roi_heads
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+
+from eva02.backbone.memory import MemoryEstimate, amp_dtype, estimate_memory
+
+from .config import set_input_size
+from .ema import ModelEMA
+from .engine import EVATrainer
+
+__all__ = ["plan_detector", "detector_step", "DEFAULT_OBJECTS"]
+
+# Objects per training image: 93 is the most any COCO train2017 image has; the matcher's IoU matrices grow with it.
+DEFAULT_OBJECTS = 100
+
+
+def _planning_config(cfg, size: int, checkpointing: bool | None):
+    cfg = copy.deepcopy(cfg)
+    set_input_size(cfg.model, cfg.dataloader, size, patch_size=cfg.model.backbone.net.get("patch_size", 16))
+    if checkpointing is not None:
+        cfg.model.backbone.net.use_checkpoint = checkpointing
+    return cfg
+
+
+def _training_images(batch: int, size: int, objects: int, polygons: bool, num_classes: int) -> list[dict]:
+    """Fake LSJ-cropped images with `objects` boxes (and masks) each, spread over the image."""
+    rng = np.random.default_rng(0)
+    data = []
+    for _ in range(batch):
+        xy = rng.uniform(0, size * 0.75, (objects, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(8, size * 0.25, (objects, 2))], axis=1).astype(np.float32)
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(torch.from_numpy(boxes))
+        instances.gt_classes = torch.from_numpy(rng.integers(0, num_classes, objects))
+        if polygons:
+            instances.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]]] for b in boxes])
+        else:
+            instances.gt_masks = BitMasks(torch.zeros(objects, size, size, dtype=torch.bool))
+        data.append({"image": torch.zeros(3, size, size, dtype=torch.uint8), "instances": instances,
+                     "height": size, "width": size})
+    return data
+
+
+def _rasterized_polygons(self, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """PolygonMasks.crop_and_resize's output (rasterized on the host, then moved to the boxes' device)."""
+    return torch.zeros(len(boxes), mask_size, mask_size, dtype=torch.bool, device=boxes.device)
+
+
+def _indexed_polygons(index):
+    """PolygonMasks[...] that does not read a tensor index's values (the trace may not have them): as many
+    masks as the index selects at most, all the first one."""
+    def getitem(self, item):
+        if isinstance(item, torch.Tensor):
+            return PolygonMasks([self.polygons[0]] * (item.numel() if item.dim() else 1))
+        return index(self, item)
+    return getitem
+
+
+@contextlib.contextmanager
+def _stand_ins(model, polygons: bool, detections: int | None):
+    roi = model.roi_heads
+    cap = int(roi.batch_size_per_image * roi.positive_fraction)
+    select = d2_roi_heads.select_foreground_proposals
+    detections = roi.box_predictor[-1].test_topk_per_image if detections is None else detections
+    forward_box = roi._forward_box
+
+    def capped_foreground(proposals, bg_label):
+        foreground, masks = select(proposals, bg_label)
+        return [p[:cap] for p in foreground], masks
+
+    def capped_detections(*args, **kwargs):
+        result = forward_box(*args, **kwargs)
+        return result if roi.training else [r[:detections] for r in result]
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(tv_boxes, "_batched_nms_vanilla",
+                                              tv_boxes._batched_nms_coordinate_trick))
+        stack.enter_context(mock.patch.object(d2_roi_heads, "select_foreground_proposals", capped_foreground))
+        stack.enter_context(mock.patch.object(roi, "_forward_box", capped_detections))
+        if polygons:
+            stack.enter_context(mock.patch.object(PolygonMasks, "crop_and_resize", _rasterized_polygons))
+            stack.enter_context(mock.patch.object(PolygonMasks, "__getitem__",
+                                                  _indexed_polygons(PolygonMasks.__getitem__)))
+        yield
+
+
+def _precision(amp: str | None, cfg) -> torch.dtype | None:
+    if amp is None:  # the config's
+        amp = cfg.train.amp.get("precision", "float16") if cfg.train.amp.enabled else "off"
+    return amp_dtype(amp)
+
+
+def plan_detector(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
+                  checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, target: str = "cuda",
+                  attention: str = "auto", gpus: int = 1, detections: int | None = None) -> MemoryEstimate:
+    """Peak memory of one GPU's training step (train=True) or inference (train=False: fp32 and no grad, as
+    evaluation runs) for `batch` images of size x size. amp ("fp16" | "bf16" | "off") / checkpointing: None
+    keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP.
+    detections: per image at inference (default: the last box predictor's test_topk_per_image). target "cpu"
+    counts as the CPU allocator does."""
+    build, run, precision = detector_step(cfg, batch, size, train, amp, checkpointing, objects, detections)
+    # inference on a fake GPU: detectron2 pastes masks in GPU-sized chunks there (one by one on a CPU)
+    return estimate_memory(build, run, target=target, attention=attention, amp=precision is not None,
+                           ddp=train and gpus > 1, device="cuda" if target == "cuda" and not train else "cpu")
+
+
+def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
+                  checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, detections: int | None = None,
+                  steps: int = 2):
+    """(build, run, autocast dtype) of plan_detector's step, for estimate_memory or, on real tensors,
+    measure_peak."""
+    cfg = _planning_config(cfg, size, checkpointing)
+    polygons = cfg.dataloader.train.mapper.get("instance_mask_format", "polygon") == "polygon"
+    precision = _precision(amp, cfg) if train else None
+
+    def build():
+        model = instantiate(cfg.model)
+        return model.train(train)
+
+    def run(model, phase):
+        with _stand_ins(model, polygons, detections):
+            if train:
+                _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps)
+            else:
+                with phase("inference"), torch.no_grad():
+                    model([{"image": torch.zeros(3, size, size, dtype=torch.uint8), "height": size, "width": size}
+                           for _ in range(batch)])
+
+    return build, run, precision
+
+
+def _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps):
+    """`steps` training steps as EVATrainer runs them (autocast included; no grad scaler, which scales one
+    scalar and unscales in place). Phases: "forward" (the model's call), "first step" (the optimizer state is
+    created in it) and "training step" (the last, steady-state step)."""
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    data = _training_images(batch, size, objects, polygons, model.roi_heads.num_classes)
+    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=precision, device="cpu")
+    ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
+    forward = contextlib.ExitStack()
+    hooks = [model.register_forward_pre_hook(lambda *_: forward.enter_context(phase("forward"))),
+             model.register_forward_hook(lambda *_: forward.close())]
+    with EventStorage(0) as storage:
+        for i in range(steps):
+            trainer.iter = storage.iter = i
+            with phase("first step" if i == 0 else "training step"):
+                trainer.run_step()
+                if ema is not None:
+                    ema.update(model)
+    for hook in hooks:
+        hook.remove()
