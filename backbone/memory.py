@@ -41,7 +41,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["MemoryTrace", "MemoryEstimate", "estimate_memory", "fake_module", "largest_fitting", "measure_peak",
-           "fits", "gib", "amp_dtype", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL", "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
+           "fits", "gib", "amp_dtype", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
+           "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
 
 TARGETS = ("cuda", "cpu")
 # The kernel `scaled_dot_product_attention` uses on the target; "auto" is what a GPU picks by default.
@@ -84,7 +85,8 @@ def _upper_bound(func, args, kwargs) -> torch.Tensor | tuple | None:
         return torch.empty((torch.broadcast_shapes(x.shape, args[1].shape).numel(),), dtype=x.dtype, device=x.device)
     if func is aten._unique2.default:  # (values, inverse, counts): every element distinct
         values = torch.empty((x.numel(),), dtype=x.dtype, device=x.device)
-        return values, torch.empty(x.shape, dtype=torch.long, device=x.device), torch.empty_like(values, dtype=torch.long)
+        inverse = torch.empty(x.shape, dtype=torch.long, device=x.device)
+        return values, inverse, torch.empty_like(values, dtype=torch.long)
     if name == "torchvision::nms":
         return torch.empty((x.shape[0],), dtype=torch.long, device=x.device)
     if func in _INDEXING:
@@ -249,7 +251,8 @@ class MemoryTrace(TorchDispatchMode):
                 outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         if data_dependent:
             if real is not _NOT_FOUND:
-                out = tree_map(lambda r: torch.empty_strided(r.shape, r.stride(), dtype=r.dtype, device=inputs[0].device)
+                device = inputs[0].device
+                out = tree_map(lambda r: torch.empty_strided(r.shape, r.stride(), dtype=r.dtype, device=device)
                                if isinstance(r, torch.Tensor) else r, real)
             else:
                 out = _upper_bound(func, args, kwargs)

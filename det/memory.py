@@ -7,12 +7,13 @@ second step runs with the optimizer state of a steady-state iteration. Inputs: `
 `objects` ground-truth objects each.
 
 Where the detector's data decides a size, the trace takes the largest the code allows (every anchor a
-candidate, every box kept by NMS) with one refinement: the mask head gets the sampler's cap of foreground
-RoIs per image (positive_fraction x batch_size_per_image, 128 in the paper configs), the most it can get, as
-in a crowded image; and inference returns `detections` per image (the config's test_topk_per_image unless
-given: soft-NMS configs that keep every survivor return more in crowded images). Two CPU-side steps are stood in for: polygon ground-truth masks are rasterized per RoI on
-the host (their output shape is kept), and torchvision's per-class NMS loop is replaced by its one-call
-equivalent (same result, one NMS instead of one per level).
+candidate, every box kept by NMS), with two bounds the code itself sets: the mask head gets the sampler's cap of
+foreground RoIs per image (positive_fraction x batch_size_per_image, 128 in the paper configs), reached in a
+crowded image; and inference returns `detections` per image (default: the config's test_topk_per_image;
+soft-NMS configs that keep every survivor return more in crowded images).
+
+Two host-side steps are stood in for, keeping their output shapes: polygon ground-truth masks are rasterized per
+RoI on the CPU, and torchvision's per-level NMS loop is replaced by its one-call equivalent (same result).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ The trace builds the config's segmentor and optimizer wrapper (layer-decay AdamW
 mmengine's `train_step` (data preprocessor, losses, backward, step) twice, so the second step runs with the
 optimizer state of a steady-state iteration; fp16 / bf16 AMP is the autocast AmpOptimWrapper puts around the
 forward. Inputs: `batch` crops of `size` x `size` whose label maps hold `classes` classes (Mask2Former builds one
-ground-truth mask per class present). SyncBN is traced as BN, with the same tensors. Inference is the config's test mode (whole image or sliding window) on one
-size x size image per batch entry, in fp32 and without gradients.
+ground-truth mask per class present). SyncBN is traced as BN, with the same tensors. Inference is the config's
+test mode (whole image or sliding window) on one size x size image per batch entry, in fp32 and without
+gradients.
 
 Mask2Former's Hungarian matching runs on the host (scipy) on costs the trace has no values for: it is stood in
 for by matching query i to ground truth i, which keeps every shape the real match gives.

@@ -12,9 +12,10 @@ context and library workspaces (1 GiB) and, for --gpus > 1, DDP's gradient bucke
 
 --gpu-memory GB answers "what fits": whether this setting does, and for training the largest batch per GPU
 with the config's settings and with activation checkpointing and AMP switched on, so you see which setting to
-change. Detection: --objects N ground-truth objects per image (default 100, the most a COCO image has);
-segmentation: --classes N classes per crop (default 30). --attention: the attention kernel your GPU will use
-(auto: flash with AMP, memory-efficient in fp32). Estimates are within the error that the README states,
+change. Detection: --objects N ground-truth objects per image (default 100, the most a COCO image has) and
+--detections N per image at inference (default: the config's test_topk_per_image); segmentation: --classes N
+classes per crop (default 30). --attention: the attention kernel your GPU will use (auto: flash with AMP,
+memory-efficient in fp32). Estimates are within the error that the README states,
 measured against real peaks.
 """
 from __future__ import annotations
@@ -40,11 +41,13 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("train", "test", "both"), default="both")
     p.add_argument("--gpu-memory", type=float, metavar="GB", help="GPU memory in GiB: what fits in it")
     p.add_argument("--objects", type=int, default=None, metavar="N", help="detection: ground-truth objects per image")
+    p.add_argument("--detections", type=int, default=None, metavar="N",
+                   help="detection: detections per image at inference (default: the config's test_topk_per_image)")
     p.add_argument("--classes", type=int, default=None, metavar="N", help="segmentation: classes per training crop")
     p.add_argument("--attention", choices=ATTENTION_KERNELS, default="auto", help="the GPU's attention kernel")
     p.add_argument("--max-batch", type=int, default=64, metavar="N", help="largest batch --gpu-memory tries")
     args = p.parse_args(argv)
-    for name in ("batch", "size", "gpus", "objects", "classes", "max_batch", "gpu_memory"):
+    for name in ("batch", "size", "gpus", "objects", "detections", "classes", "max_batch", "gpu_memory"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name.replace('_', '-')} {value}: must be positive")
@@ -69,15 +72,15 @@ class Planner:
             self.cfg = load_config(str(path), args.overrides)
             self.size = args.size or int(self.cfg.model.backbone.square_pad)
             self._plan = lambda **kw: plan_detector(self.cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
-                                                    **common, **kw)
+                                                    detections=args.detections, **common, **kw)
             self.amp_default = self.cfg.train.amp.get("precision", "float16") if self.cfg.train.amp.enabled else "off"
             self.checkpointing_default = bool(self.cfg.model.backbone.net.get("use_checkpoint", False))
         else:
             from eva02.seg.memory import DEFAULT_CLASSES, plan_segmentor
             from eva02.seg.run import read_config
 
-            if args.objects is not None:
-                raise UsageError("--objects is for detection configs; segmentation takes --classes")
+            if args.objects is not None or args.detections is not None:
+                raise UsageError("--objects / --detections are for detection configs; segmentation takes --classes")
             self.cfg = read_config(str(path), args.overrides)
             self.size = args.size or int(self.cfg.model.data_preprocessor.size[0])
             self._plan = lambda **kw: plan_segmentor(self.cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
