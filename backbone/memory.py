@@ -29,9 +29,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import weakref
-from unittest import mock
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+from unittest import mock
 
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
@@ -69,8 +69,8 @@ def amp_dtype(name: str) -> torch.dtype | None:
     return names[str(name).removeprefix("torch.")]
 
 
-# Operators whose result does not depend on the input's values (new_zeros: its dtype; zeros_like: its shape).
 _INDEXING = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._unsafe_index_put.default)
+# Operators whose result does not depend on the input's values (new_zeros: its dtype; zeros_like: its shape).
 _SHAPE_ONLY = {aten.new_zeros.default, aten.new_ones.default, aten.new_full.default, aten.new_empty.default,
                aten.zeros_like.default, aten.ones_like.default, aten.full_like.default, aten.empty_like.default}
 
@@ -120,15 +120,15 @@ class MemoryTrace(TorchDispatchMode):
     Attributes: `now` and `peak` (bytes), `stand_ins` (operator name -> times an upper bound or a stand-in
     scalar was used), `phase_peaks` (name -> peak inside `with trace.phase(name)`)."""
 
-    def __init__(self, target: str = "cuda", attention: str = "auto", amp: bool = False):
+    def __init__(self, target: str = "cuda", attention: str = "auto"):
         super().__init__()
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
         self.target = target
-        # a GPU's default choice: flash needs 16-bit inputs, the memory-efficient kernel takes fp32 too
-        self.attention = ("flash" if amp else "efficient") if attention == "auto" else attention
+        # a GPU's default: flash, which takes 16-bit inputs only (attention_kernel gives fp32 the efficient kernel)
+        self.attention = "flash" if attention == "auto" else attention
         self.now = 0
         self.peak = 0
         self.phase_peaks: dict[str, int] = {}
@@ -341,7 +341,7 @@ def fits(estimate: MemoryEstimate, gpu_bytes: int) -> bool:
 
 
 def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.nn.Module, Callable], None],
-                    target: str = "cuda", attention: str = "auto", amp: bool = False, ddp: bool = False,
+                    target: str = "cuda", attention: str = "auto", ddp: bool = False,
                     device: str = "cpu") -> MemoryEstimate:
     """Peak memory of `run(model, phase)` for the model `build()` returns (built for real, on the CPU, then
     made fake). `run` makes its inputs itself (under the fake mode, so they are fake and counted) and may mark
@@ -352,7 +352,7 @@ def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.n
     model = build()
     buckets = sum(p.untyped_storage().nbytes() for p in model.parameters() if p.requires_grad) if ddp else 0
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    trace = MemoryTrace(target, attention, amp)
+    trace = MemoryTrace(target, attention)
     with fake_mode:  # a move to "cuda" outside it would initialize CUDA
         fake_module(model, fake_mode, trace, device)
     kernel = attention_kernel(trace.attention) if target == "cuda" else contextlib.nullcontext()

@@ -39,7 +39,7 @@ def trv_step(size: int):
             optimizer.step()
             optimizer.zero_grad()
 
-    return build, run, None
+    return build, run
 
 
 def cases(paper: bool):
@@ -69,9 +69,9 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"planner estimate vs measured peak ({device_name}, torch {torch.__version__})")
     print(f"{'case':<52} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6}")
-    for name, (build, run, precision) in cases(args.paper):
+    for name, (build, run) in cases(args.paper):
         start = time.perf_counter()
-        estimate = estimate_memory(build, run, target=target, amp=precision is not None).peak
+        estimate = estimate_memory(build, run, target=target).peak
         torch.manual_seed(0)
         measured = measure_peak(build, run, device=args.device)
         print(f"{name:<52} {estimate / 2**20:12.1f} {measured / 2**20:12.1f} {estimate / measured:6.3f}"

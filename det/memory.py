@@ -125,16 +125,16 @@ def plan_detector(cfg, batch: int, size: int, train: bool = True, amp: str | Non
     keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP.
     detections: per image at inference (default: the last box predictor's test_topk_per_image). target "cpu"
     counts as the CPU allocator does."""
-    build, run, precision = detector_step(cfg, batch, size, train, amp, checkpointing, objects, detections)
+    build, run = detector_step(cfg, batch, size, train, amp, checkpointing, objects, detections)
     # inference on a fake GPU: detectron2 pastes masks in GPU-sized chunks there (one by one on a CPU)
-    return estimate_memory(build, run, target=target, attention=attention, amp=precision is not None,
+    return estimate_memory(build, run, target=target, attention=attention,
                            ddp=train and gpus > 1, device="cuda" if target == "cuda" and not train else "cpu")
 
 
 def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
                   checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, detections: int | None = None,
                   steps: int = 2):
-    """(build, run, autocast dtype) of plan_detector's step, for estimate_memory or, on real tensors,
+    """(build, run) of plan_detector's step, for estimate_memory or, on real tensors,
     measure_peak."""
     cfg = _planning_config(cfg, size, checkpointing)
     polygons = cfg.dataloader.train.mapper.get("instance_mask_format", "polygon") == "polygon"
@@ -153,7 +153,7 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | Non
                     model([{"image": torch.zeros(3, size, size, dtype=torch.uint8), "height": size, "width": size}
                            for _ in range(batch)])
 
-    return build, run, precision
+    return build, run
 
 
 def _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps):

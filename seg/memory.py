@@ -86,7 +86,7 @@ def _batch(batch: int, size: int, classes: int, num_classes: int) -> dict:
 
 def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: str | None = None,
                    checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, steps: int = 2):
-    """(build, run, autocast dtype) of plan_segmentor's step, for estimate_memory or, on real tensors,
+    """(build, run) of plan_segmentor's step, for estimate_memory or, on real tensors,
     measure_peak."""
     cfg = copy.deepcopy(cfg)
     cfg.model.data_preprocessor.size = (size, size)
@@ -117,7 +117,7 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
                 with phase("first step" if i == 0 else "training step"):
                     model.train_step(data, wrapper)
 
-    return build, run, precision
+    return build, run
 
 
 def plan_segmentor(cfg: Config, batch: int, size: int, train: bool = True, amp: str | None = None,
@@ -127,6 +127,6 @@ def plan_segmentor(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     size x size. amp ("fp16" | "bf16" | "off") / checkpointing: None keeps the config's setting
     (AmpOptimWrapper, the backbone's use_checkpoint). gpus > 1: training under DDP. target "cpu" counts as the
     CPU allocator does."""
-    build, run, precision = segmentor_step(cfg, batch, size, train, amp, checkpointing, classes)
-    return estimate_memory(build, run, target=target, attention=attention, amp=precision is not None,
+    build, run = segmentor_step(cfg, batch, size, train, amp, checkpointing, classes)
+    return estimate_memory(build, run, target=target, attention=attention,
                            ddp=train and gpus > 1)

@@ -15,8 +15,8 @@ ERROR = 0.05  # the README's stated error of the planner, for these configs
 
 
 def check(config, batch, size, train, **kwargs):
-    build, run, precision = detector_step(LazyConfig.load(str(ROOT / config)), batch, size, train, **kwargs)
-    estimate = estimate_memory(build, run, target="cpu", amp=precision is not None)
+    build, run = detector_step(LazyConfig.load(str(ROOT / config)), batch, size, train, **kwargs)
+    estimate = estimate_memory(build, run, target="cpu")
     measured = measure_peak(build, run)
     assert abs(estimate.peak / measured - 1) < ERROR, (estimate.peak, measured)
     return estimate
