@@ -50,7 +50,8 @@ def _planning_config(cfg, size: int, checkpointing: bool | None):
 
 
 def _training_images(batch: int, size: int, objects: int, polygons: bool, num_classes: int) -> list[dict]:
-    """Fake LSJ-cropped images with `objects` boxes (and masks) each, spread over the image."""
+    """LSJ-sized training inputs (blank images) with `objects` boxes and masks each, spread over the image; the
+    boxes and classes are real values (small tensors: the trace keeps them)."""
     rng = np.random.default_rng(0)
     data = []
     for _ in range(batch):
