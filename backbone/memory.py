@@ -89,17 +89,6 @@ def _upper_bound(func, args, kwargs) -> torch.Tensor | tuple | None:
         return values, inverse, torch.empty_like(values, dtype=torch.long)
     if name == "torchvision::nms":
         return torch.empty((x.shape[0],), dtype=torch.long, device=x.device)
-    if func in _INDEXING:
-        # boolean masks select everything: each becomes one integer index per masked dimension
-        indices = []
-        for i in args[1]:
-            if i is not None and i.dtype in (torch.bool, torch.uint8):
-                indices += [torch.zeros(i.numel(), dtype=torch.long, device=i.device)] * i.dim()
-            else:
-                indices.append(i)
-        if func is aten.index.Tensor:
-            return func(x, indices)
-        return func(x, indices, *args[2:], **kwargs)
     return None
 
 
@@ -199,20 +188,23 @@ class MemoryTrace(TorchDispatchMode):
             real_args, real_kwargs = tree_map(value, (args, kwargs))
             return _NOT_FOUND if missing else func(*real_args, **real_kwargs)
 
-    def _index_with_known_masks(self, func, args, kwargs):
-        """x[mask] with mask's values known but not x's: the exact selection, by the mask's integer indices."""
-        indices = []
+    def _index_by_positions(self, func, args, kwargs):
+        """x[mask] (or its index_put) with each boolean mask turned into integer indices: the mask's true
+        positions where its values are known, else every element (the upper bound). Returns (output, exact)."""
+        indices, exact = [], True
         for i in args[1]:
-            if i is not None and i.dtype in (torch.bool, torch.uint8):
-                value = self._value(i)
-                if value is None:
-                    return None
+            if i is None or i.dtype not in (torch.bool, torch.uint8):
+                indices.append(i)
+                continue
+            value = self._value(i)
+            if value is None:
+                exact = False
+                indices += [torch.zeros(i.numel(), dtype=torch.long, device=i.device)] * i.dim()
+            else:
                 with _disable_current_modes():
                     positions = value.nonzero().unbind(1)
                 indices += [torch.empty(p.shape, dtype=torch.long, device=i.device) for p in positions]
-            else:
-                indices.append(i)
-        return func(args[0], indices, *args[2:], **kwargs)
+        return func(args[0], indices, *args[2:], **kwargs), exact
 
     def _written(self, func, args):
         schema = func._schema
@@ -245,11 +237,11 @@ class MemoryTrace(TorchDispatchMode):
             except Exception:  # e.g. a kernel missing for the CPU; the fake output stands, without values
                 real = _NOT_FOUND
         if data_dependent and real is _NOT_FOUND and func in _INDEXING:
-            exact = self._index_with_known_masks(func, args, kwargs)
-            if exact is not None:
-                out, data_dependent = exact, False
-                outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if data_dependent:
+            out, exact = self._index_by_positions(func, args, kwargs)
+            if not exact:
+                self.stand_ins[func.name()] += 1
+            outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        elif data_dependent:
             if real is not _NOT_FOUND:
                 device = inputs[0].device
                 out = tree_map(lambda r: torch.empty_strided(r.shape, r.stride(), dtype=r.dtype, device=device)

@@ -35,7 +35,7 @@ from .config import set_input_size
 from .ema import ModelEMA
 from .engine import EVATrainer
 
-__all__ = ["plan_detector", "detector_step", "DEFAULT_OBJECTS"]
+__all__ = ["plan_detector", "detector_step", "config_amp", "DEFAULT_OBJECTS"]
 
 # Objects per training image: 93 is the most any COCO train2017 image has; the matcher's IoU matrices grow with it.
 DEFAULT_OBJECTS = 100
@@ -112,10 +112,9 @@ def _stand_ins(model, polygons: bool, detections: int | None):
         yield
 
 
-def _precision(amp: str | None, cfg) -> torch.dtype | None:
-    if amp is None:  # the config's
-        amp = cfg.train.amp.get("precision", "float16") if cfg.train.amp.enabled else "off"
-    return amp_dtype(amp)
+def config_amp(cfg) -> str:
+    """The config's AMP setting as a name ("float16", "bfloat16" or "off"), from train.amp."""
+    return cfg.train.amp.get("precision", "float16") if cfg.train.amp.enabled else "off"
 
 
 def plan_detector(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
@@ -139,7 +138,7 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | Non
     measure_peak."""
     cfg = _planning_config(cfg, size, checkpointing)
     polygons = cfg.dataloader.train.mapper.get("instance_mask_format", "polygon") == "polygon"
-    precision = _precision(amp, cfg) if train else None
+    precision = amp_dtype(amp or config_amp(cfg)) if train else None
 
     def build():
         model = instantiate(cfg.model)

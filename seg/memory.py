@@ -27,7 +27,7 @@ from mmseg.structures import SegDataSample
 
 from eva02.backbone.memory import MemoryEstimate, amp_dtype, estimate_memory
 
-__all__ = ["plan_segmentor", "segmentor_step", "DEFAULT_CLASSES"]
+__all__ = ["plan_segmentor", "segmentor_step", "config_amp", "DEFAULT_CLASSES"]
 
 # Classes present in one training crop: ADE20K images have about 9 on average, many more in cluttered scenes.
 DEFAULT_CLASSES = 30
@@ -64,11 +64,10 @@ def _stand_ins():
         yield
 
 
-def _autocast_dtype(cfg: Config, amp: str | None) -> torch.dtype | None:
-    if amp is None:  # the config's
-        wrapper = cfg.optim_wrapper
-        amp = (wrapper.get("dtype") or "float16") if wrapper.get("type") == "AmpOptimWrapper" else "off"
-    return amp_dtype(amp)
+def config_amp(cfg: Config) -> str:
+    """The config's AMP setting as a name ("float16", "bfloat16" or "off"), from its optimizer wrapper."""
+    wrapper = cfg.optim_wrapper
+    return str(wrapper.get("dtype") or "float16") if wrapper.get("type") == "AmpOptimWrapper" else "off"
 
 
 def _batch(batch: int, size: int, classes: int, num_classes: int) -> dict:
@@ -92,7 +91,7 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     cfg.model.data_preprocessor.size = (size, size)
     if checkpointing is not None:
         cfg.model.backbone.use_checkpoint = checkpointing
-    precision = _autocast_dtype(cfg, amp) if train else None
+    precision = amp_dtype(amp or config_amp(cfg)) if train else None
     if train:  # mmengine's AmpOptimWrapper needs a GPU; the autocast it adds is put around the forward below
         cfg.optim_wrapper.type = "OptimWrapper"
         for key in ("dtype", "loss_scale"):

@@ -65,7 +65,7 @@ class Planner:
         common = dict(target="cuda", attention=args.attention, gpus=args.gpus)
         if self.detection:
             from eva02.det.config import load_config
-            from eva02.det.memory import DEFAULT_OBJECTS, plan_detector
+            from eva02.det.memory import DEFAULT_OBJECTS, config_amp, plan_detector
 
             if args.classes is not None:
                 raise UsageError("--classes is for segmentation configs; detection takes --objects")
@@ -73,10 +73,10 @@ class Planner:
             self.size = args.size or int(self.cfg.model.backbone.square_pad)
             self._plan = lambda **kw: plan_detector(self.cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
                                                     detections=args.detections, **common, **kw)
-            self.amp_default = self.cfg.train.amp.get("precision", "float16") if self.cfg.train.amp.enabled else "off"
+            self.amp_default = config_amp(self.cfg)
             self.checkpointing_default = bool(self.cfg.model.backbone.net.get("use_checkpoint", False))
         else:
-            from eva02.seg.memory import DEFAULT_CLASSES, plan_segmentor
+            from eva02.seg.memory import DEFAULT_CLASSES, config_amp, plan_segmentor
             from eva02.seg.run import read_config
 
             if args.objects is not None or args.detections is not None:
@@ -85,20 +85,23 @@ class Planner:
             self.size = args.size or int(self.cfg.model.data_preprocessor.size[0])
             self._plan = lambda **kw: plan_segmentor(self.cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
                                                      **common, **kw)
-            wrapper = self.cfg.optim_wrapper
-            self.amp_default = (str(wrapper.get("dtype") or "float16") if wrapper.get("type") == "AmpOptimWrapper"
-                                else "off")
+            self.amp_default = config_amp(self.cfg)
             self.checkpointing_default = bool(self.cfg.model.backbone.get("use_checkpoint", False))
+        self._traced = {}  # (batch, train, amp, checkpointing) -> estimate: the search re-asks the report's
         patch = 16
         if self.size % patch:
             raise UsageError(f"--size {self.size}: must be a multiple of the patch size {patch}")
 
     def plan(self, batch: int, train: bool, amp: str, checkpointing: bool):
+        key = (batch, train, amp, checkpointing)
+        if key in self._traced:
+            return self._traced[key]
         start = time.perf_counter()
         estimate = self._plan(batch=batch, train=train, amp=amp, checkpointing=checkpointing)
         what = "training step" if train else "inference"
         print(f"  traced {what}, batch {batch}, AMP {amp}, checkpointing {'on' if checkpointing else 'off'}: "
               f"{gib(estimate.peak):.2f} GiB ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+        self._traced[key] = estimate
         return estimate
 
 
