@@ -10,10 +10,11 @@ other), so the class rows all start fresh.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-__all__ = ["ClassRows", "adapt_class_rows"]
+__all__ = ["ClassRows", "adapt_class_rows", "relay_class_layers"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,50 @@ def adapt_class_rows(trained: torch.Tensor, initial: torch.Tensor, layout: Class
                 out[new * per:(new + 1) * per] = trained[old * per:(old + 1) * per].to(out.dtype)
                 carried.append(name)
     return out, carried
+
+
+def relay_class_layers(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                       layout_of: Callable[[str], ClassRows | None], trained_classes: list[str] | None,
+                       classes: list[str] | None) -> list[str]:
+    """Re-lay, in `state` (checkpoint tensors under the model's keys), every class-specific layer whose class count
+    or class names differ from the model's, with adapt_class_rows; returns one report line per re-laid layer.
+
+    own: the model's state dict (shapes and initial values). layout_of(key): the row layout of a class-specific
+    tensor, None for any other key. trained_classes / classes: the checkpoint's and the model's class names, if
+    known (a list whose length is not the layer's class count is treated as unknown). A layer whose rows fit no
+    class count is left as it is, for the loader to report as a shape mismatch."""
+    layers: dict[str, tuple[ClassRows, list[str]]] = {}
+    for key in state:
+        layout = layout_of(key) if key in own else None
+        if layout is not None:
+            layers.setdefault(key.rsplit(".", 1)[0], (layout, []))[1].append(key)
+    lines = []
+    for layer, (layout, keys) in sorted(layers.items()):
+        old = layout.num_classes(state[keys[0]].shape[0])
+        new = layout.num_classes(own[keys[0]].shape[0])
+        names = trained_classes if trained_classes is not None and len(trained_classes) == old else None
+        model_names = list(classes) if classes is not None and len(classes) == new else None
+        same_shapes = all(state[k].shape == own[k].shape for k in keys)
+        if same_shapes and (names is None or model_names is None or names == model_names):
+            continue  # the same classes (or no way to tell): loaded as they are
+        try:
+            relaid = {k: adapt_class_rows(state[k], own[k], layout, names, model_names) for k in keys}
+        except ValueError:
+            continue
+        for key, (tensor, carried) in relaid.items():
+            state[key] = tensor
+        extra = f"; its {layout.extra} background / no-object row(s) carried over" if layout.extra else ""
+        if names is None or model_names is None:
+            side = "checkpoint" if names is None else "model"
+            given = trained_classes if names is None else classes
+            why = f"the {side} names no classes" if given is None else (
+                f"the {side} names {len(given)} classes for {old if names is None else new} rows")
+            detail = f"no class carried over ({why})"
+        elif carried:
+            shown = ", ".join(carried[:8]) + (", ..." if len(carried) > 8 else "")
+            detail = f"{len(carried)} carried over by name ({shown})"
+        else:
+            detail = "no class name in common"
+        lines.append(f"{layer}: checkpoint {old} classes -> model {new}; {detail}, the rest start from their "
+                     f"initialization{extra}")
+    return lines

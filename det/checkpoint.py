@@ -13,9 +13,10 @@
     (initial weights of a training run: the whole TrV; heads may start fresh, as from a MIM checkpoint or a
     detector of another class count) or "any" (the user's opt-out, --allow-partial). A file from which no weight
     at all loads is refused in every mode;
-  - when a training run starts from a detector trained for other classes (require "backbone" or "any"),
-    re-lays its class-specific layers (cls_score, class-specific bbox_pred, the mask predictor) for the model's
-    classes with `eva02.backbone.class_rows.adapt_class_rows`: classes shared by name keep their rows (names
+  - when a training run starts from a detector trained for other classes (require "backbone" or "any": another
+    class count, or other class names), re-lays its class-specific layers (cls_score, class-specific bbox_pred,
+    the mask predictor) for the model's classes with `eva02.backbone.class_rows.relay_class_layers`, the rule
+    segmentation uses too: classes shared by name keep their rows (names
     come from the `classes` our checkpoints store), the background row is kept, the rest start from their
     initialization; one log line per layer says so;
   - stores the model's class names (`classes=`) in every checkpoint it writes.
@@ -30,7 +31,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
-from eva02.backbone.class_rows import ClassRows, adapt_class_rows
+from eva02.backbone.class_rows import ClassRows, relay_class_layers
 from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, atomic_write, check_complete,
                                        save_atomic, to_trv_names, unwrap_model)
 
@@ -43,6 +44,10 @@ REQUIRE = ("all", "backbone", "any")
 _OPT_OUT = "pass --allow-partial (Python: require='any')"
 # class-specific detector layers: name suffix -> row layout (background last in cls_score)
 CLASS_LAYERS = {"cls_score": ClassRows(1, 1), "bbox_pred": ClassRows(4, 0), "mask_head.predictor": ClassRows(1, 0)}
+
+
+def _class_layout(key: str) -> ClassRows | None:
+    return next((v for k, v in CLASS_LAYERS.items() if key.rsplit(".", 1)[0].endswith(k)), None)
 
 
 class EVACheckpointer(DetectionCheckpointer):
@@ -105,26 +110,10 @@ class EVACheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _relay_class_layers(self, state: dict, trained_classes: list[str] | None, source: str) -> None:
-        """Re-lay (in `state`) the class-specific tensors whose class count differs from the model's."""
+        """Re-lay (in `state`) the class-specific tensors whose class count or class names differ from the model's."""
         own = unwrap_model(self.model).state_dict()
-        for key, tensor in state.items():
-            layout = next((v for k, v in CLASS_LAYERS.items() if key.rsplit(".", 1)[0].endswith(k)), None)
-            if layout is None or key not in own or own[key].shape == tensor.shape:
-                continue
-            old, new = layout.num_classes(tensor.shape[0]), layout.num_classes(own[key].shape[0])
-            names = trained_classes if trained_classes is not None and len(trained_classes) == old else None
-            try:
-                state[key], carried = adapt_class_rows(tensor, own[key], layout, names, self.classes)
-            except ValueError:
-                continue  # not a class-count difference: reported as a shape mismatch
-            if key.endswith(".weight"):
-                shown = f" ({', '.join(carried[:5])})" if carried else ""
-                kept = f"{len(carried)} carried over by name{shown}"
-                if names is None or self.classes is None:
-                    kept = "no class names to match (rows start fresh)"
-                extra = ", the background row kept" if layout.extra else ""
-                logger.warning(f"{source}: {key[:-len('.weight')]}: checkpoint {old} classes -> model {new}; "
-                               f"{kept}{extra}; the other rows start from their initialization")
+        for line in relay_class_layers(state, own, _class_layout, trained_classes, self.classes):
+            logger.warning(f"{source}: {line}")
 
     def _load_backbone_only(self, state: dict, source: str) -> _IncompatibleKeys:
         net = unwrap_model(self.model).backbone.net

@@ -19,7 +19,7 @@ from torch import nn
 
 from eva02.backbone import LoadReport, load_checkpoint
 from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_state_dict, read_weights
-from eva02.backbone.class_rows import ClassRows, adapt_class_rows
+from eva02.backbone.class_rows import ClassRows, relay_class_layers
 
 __all__ = ["OFFICIAL_PYRAMID", "CLASS_LAYERS", "IncompleteCheckpointError", "rename_official_pyramid",
            "load_backbone_weights", "checkpoint_classes", "load_segmentor_checkpoint"]
@@ -28,6 +28,12 @@ __all__ = ["OFFICIAL_PYRAMID", "CLASS_LAYERS", "IncompleteCheckpointError", "ren
 # every decode / auxiliary head, and Mask2Former's class embedding with its extra no-object row.
 CLASS_LAYERS = ((re.compile(r"(^|\.)conv_seg\.(weight|bias)$"), ClassRows()),
                 (re.compile(r"(^|\.)cls_embed\.(weight|bias)$"), ClassRows(extra=1)))
+
+
+
+def _class_layout(key: str) -> ClassRows | None:
+    return next((layout for pattern, layout in CLASS_LAYERS if pattern.search(key)), None)
+
 
 OFFICIAL_PYRAMID = (("fpn1.", "pyramid.upsample_4x."), ("fpn2.", "pyramid.upsample_2x."))
 
@@ -70,39 +76,6 @@ def checkpoint_classes(checkpoint: dict) -> list[str] | None:
     return [str(c) for c in classes] if classes else None
 
 
-def _adapt_class_layers(rest: dict[str, torch.Tensor], own: dict[str, torch.Tensor], checkpoint_names,
-                        classes) -> list[str]:
-    """Re-lays, in `rest`, the class-specific layers (CLASS_LAYERS) whose class count or class names differ from
-    the model's, with eva02.backbone.class_rows.adapt_class_rows; returns one report line per layer."""
-    layers: dict[str, tuple[ClassRows, list[str]]] = {}
-    for key in rest:
-        for pattern, layout in CLASS_LAYERS:
-            if key in own and pattern.search(key):
-                layers.setdefault(key.rsplit(".", 1)[0], (layout, []))[1].append(key)
-    lines = []
-    for layer, (layout, keys) in sorted(layers.items()):
-        old = layout.num_classes(rest[keys[0]].shape[0])
-        new = layout.num_classes(own[keys[0]].shape[0])
-        names = checkpoint_names if checkpoint_names is not None and len(checkpoint_names) == old else None
-        model_names = list(classes) if classes is not None and len(classes) == new else None
-        if old == new and (names is None or model_names is None or names == model_names):
-            continue  # the same classes (or no way to tell): loaded as they are
-        carried: list[str] = []
-        for key in keys:
-            rest[key], carried = adapt_class_rows(rest[key], own[key], layout, names, model_names)
-        extra = f"; its {layout.extra} no-object row(s) carried over" if layout.extra else ""
-        if names is None:
-            why = "the checkpoint names no classes" if checkpoint_names is None else (
-                f"the checkpoint names {len(checkpoint_names)} classes for {old} rows")
-            detail = f"no class carried over ({why})"
-        else:
-            detail = f"{len(carried)} carried over by name ({', '.join(carried)})" if carried else \
-                "no class name in common"
-        lines.append(f"{layer}: checkpoint {old} classes -> model {new}; {detail}, the rest start from their "
-                     f"initialization{extra}")
-    return lines
-
-
 def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, weights_only: bool = True,
                               strict: bool = True, classes: list[str] | None = None,
                               adapt_classes: bool = False, source: str | None = None) -> str:
@@ -113,7 +86,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, 
 
     adapt_classes (fine-tuning on other classes): a class-specific head layer (CLASS_LAYERS) whose class count
     differs from the model's, or whose class names do (`classes`: the model's; the checkpoint's from its meta,
-    `checkpoint_classes`), is re-laid by eva02.backbone.class_rows.adapt_class_rows: the rows of classes found by
+    `checkpoint_classes`), is re-laid by eva02.backbone.class_rows.relay_class_layers: the rows of classes found by
     name are kept, the others keep the model's current (initial) values. Otherwise such a mismatch is an error.
     source: the name errors give a checkpoint passed as an object (default "<state dict>")."""
     obj = path if isinstance(path, dict) else read_state_dict(path, weights_only)
@@ -124,7 +97,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, 
     report = load_checkpoint(model.backbone, backbone_sd, source=source)
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     own = model.state_dict()
-    relaid = _adapt_class_layers(rest, own, checkpoint_classes(obj), classes) if adapt_classes else []
+    relaid = relay_class_layers(rest, own, _class_layout, checkpoint_classes(obj), classes) if adapt_classes else []
     shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
               for k, v in rest.items() if k in own and own[k].shape != v.shape]
     if shapes:

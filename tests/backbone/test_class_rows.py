@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from eva02.backbone.class_rows import ClassRows, adapt_class_rows
+from eva02.backbone.class_rows import ClassRows, adapt_class_rows, relay_class_layers
 
 
 def rows(values, width=2):
@@ -34,3 +34,28 @@ def test_layouts_that_do_not_fit_are_refused():
         adapt_class_rows(torch.zeros(6, 1), torch.zeros(8, 1), ClassRows(4, 0), None, None)
     with pytest.raises(ValueError, match="2 class names for a layer of 3 classes"):
         adapt_class_rows(torch.zeros(4, 1), torch.zeros(3, 1), ClassRows(1, 1), ["a", "b"], None)
+
+
+def test_layers_relaid_when_counts_or_names_differ():
+    """Weight and bias of a layer re-laid together; the same count under other names is re-laid too (row i of one
+    class list is not row i of another); unknown names with equal shapes, or rows fitting no count, left as is."""
+    layouts = {"head.cls.weight": ClassRows(1, 1), "head.cls.bias": ClassRows(1, 1), "head.box.weight": ClassRows(4, 0)}
+    own = {"head.cls.weight": rows([0, 0, 0]), "head.cls.bias": torch.zeros(3), "head.box.weight": torch.zeros(7, 1),
+           "other.weight": torch.zeros(2, 2)}
+    state = {"head.cls.weight": rows([10, 11, 19]), "head.cls.bias": torch.tensor([1.0, 2.0, 9.0]),
+             "head.box.weight": torch.arange(6.0)[:, None], "other.weight": torch.ones(2, 2)}
+    lines = relay_class_layers(state, own, layouts.get, ["a", "b"], ["b", "a"])
+    assert state["head.cls.weight"].tolist() == rows([11, 10, 19]).tolist()
+    assert state["head.cls.bias"].tolist() == [2.0, 1.0, 9.0]
+    assert state["head.box.weight"].shape == (6, 1) and torch.equal(state["other.weight"], torch.ones(2, 2))
+    assert lines == ["head.cls: checkpoint 2 classes -> model 2; 2 carried over by name (b, a), the rest start "
+                     "from their initialization; its 1 background / no-object row(s) carried over"]
+
+    state = {"head.cls.weight": rows([10, 11, 19])}
+    assert relay_class_layers(state, own, layouts.get, None, ["b", "a"]) == []  # no way to tell: as it is
+    assert state["head.cls.weight"].tolist() == rows([10, 11, 19]).tolist()
+
+    state = {"head.cls.weight": rows([10, 11, 12, 19])}  # 3 classes, the checkpoint names none
+    (line,) = relay_class_layers(state, own, layouts.get, None, ["b", "a"])
+    assert state["head.cls.weight"].tolist() == rows([0, 0, 19]).tolist()
+    assert "checkpoint 3 classes -> model 2; no class carried over (the checkpoint names no classes)" in line

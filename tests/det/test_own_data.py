@@ -103,7 +103,8 @@ def test_fine_tuning_on_own_data_relays_the_class_heads(fine_tuned):
     assert "2 of" in log and "annotations left out of training" in log  # the zero-area box and 2-point polygon
     for stage in range(3):
         assert (f"roi_heads.box_predictor.{stage}.cls_score: checkpoint 4 classes -> model 3; 2 carried over by "
-                f"name (square, disk), the background row kept" in log)
+                f"name (square, disk), the rest start from their initialization; its 1 background / no-object row(s) "
+                f"carried over" in log)
     assert "roi_heads.mask_head.predictor: checkpoint 4 classes -> model 3; 2 carried over by name" in log
     start = torch.load(fine_tuned["start"])["model"]
     final = torch.load(out / "model_final.pth")

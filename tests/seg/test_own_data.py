@@ -193,7 +193,7 @@ def test_mask2former_class_embedding_keeps_its_no_object_row(repo, tmp_path, shr
                   "state_dict": ade.state_dict()}
     summary = load_segmentor_checkpoint(own_model, checkpoint, classes=["sky", "wall", "novelty"], adapt_classes=True)
     assert ("decode_head.cls_embed: checkpoint 150 classes -> model 3; 2 carried over by name (sky, wall), the rest "
-            "start from their initialization; its 1 no-object row(s) carried over") in summary.splitlines()
+            "start from their initialization; its 1 background / no-object row(s) carried over") in summary.splitlines()
     got, old = own_model.decode_head.cls_embed.weight, ade.decode_head.cls_embed.weight
     ade_classes = list(ADE20KDataset.METAINFO["classes"])
     assert torch.equal(got[0], old[ade_classes.index("sky")]) and torch.equal(got[1], old[ade_classes.index("wall")])
