@@ -40,6 +40,7 @@ demo-mim: install
 bench: install
 	$(PY) bench/backbone.py
 	$(PY) bench/det.py --size 1024
+	$(PY) bench/compile.py
 
 clean:
 	rm -rf output .pytest_cache

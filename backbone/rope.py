@@ -53,11 +53,13 @@ def apply_rope(x: torch.Tensor, table: RopeTable, num_prefix: int = 0) -> torch.
 
     Eagerly, each interleaved pair (x1, x2) is the complex number x1 + i x2 and the rotation one complex multiply
     by e^(i angle): about 10x less memory traffic than the cos / sin form on CPU. Tracing and ONNX / TensorRT
-    export have no complex tensors, so there the same rotation runs in real arithmetic."""
+    export have no complex tensors, and torch.compile generates no code for them (it fuses the real form instead),
+    so there the same rotation runs in real arithmetic."""
     if num_prefix:
         return torch.cat((x[..., :num_prefix, :], apply_rope(x[..., num_prefix:, :], table)), dim=-2)
     xf = x.float()
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or \
+            torch.compiler.is_compiling():
         return xf * table.cos + rotate_half(xf) * table.sin
     pairs = xf.unflatten(-1, (-1, 2))
     if pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-2]) or pairs.stride(-1) != 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -208,6 +209,20 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def call_block(blk: Block, x: torch.Tensor, rope: RopeTable | None, num_prefix: int) -> torch.Tensor:
+    return blk(x, rope, num_prefix)
+
+
+@functools.cache
+def compiled_block_call() -> Callable[..., torch.Tensor]:
+    """call_block under torch.compile, made once per process. Compiling a function of the block rather than
+    each module (nn.Module.compile) leaves the modules plain: deep copies (EMA), pickles and state dicts are
+    unchanged, and every block of one kind (windowed, global) reuses the same compiled graph. Shapes are static:
+    each input size gets kernels of its own (a training run meets one or two); kernels made for any size were
+    slower (bench/compile.py, README)."""
+    return torch.compile(call_block, dynamic=False)
+
+
 class TrV(nn.Module):
     """EVA-02 vision transformer.
 
@@ -222,6 +237,9 @@ class TrV(nn.Module):
         attn_impl: "sdpa" (default), "math" or "xformers".
         drop_path_rate: stochastic depth, increasing linearly over the blocks to this value.
         use_checkpoint: activation checkpointing of every block while training.
+        compile_blocks: run every block through torch.compile (regional compilation: blocks of one kind share
+            one compiled graph, so compiling costs about one block, not the whole depth). Off while tracing for
+            ONNX; the first call at each new input size compiles again.
         out_indices: blocks whose outputs forward() returns, as a list of maps; None returns the last block's.
         with_cls_token: a cls token runs through every block beside the patch tokens (official segmentation
             and pre-training); needs global attention in every block.
@@ -240,6 +258,7 @@ class TrV(nn.Module):
         attn_impl: str = "sdpa",
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        compile_blocks: bool = False,
         out_indices: Sequence[int] | None = None,
         with_cls_token: bool = False,
         with_mask_token: bool = False,
@@ -262,6 +281,7 @@ class TrV(nn.Module):
         self.rope_grid = rope_grid
         self.rope_pt_grid = rope_pt_grid
         self.use_checkpoint = use_checkpoint
+        self.compile_blocks = compile_blocks
         self.out_indices = tuple(out_indices) if out_indices is not None else None
 
         self.patch_embed = nn.Module()
@@ -346,9 +366,10 @@ class TrV(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _run_block(self, blk: Block, x: torch.Tensor, rope: RopeTable | None, num_prefix: int = 0):
+        call = compiled_block_call() if self.compile_blocks and not exporting() else call_block
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(blk, x, rope, num_prefix, use_reentrant=False)
-        return blk(x, rope, num_prefix)
+            return torch.utils.checkpoint.checkpoint(call, blk, x, rope, num_prefix, use_reentrant=False)
+        return call(blk, x, rope, num_prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """(B, 3, H, W) -> last block's map (B, C, H/p, W/p), or a list of maps for out_indices."""

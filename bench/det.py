@@ -24,12 +24,11 @@ import sys
 from pathlib import Path
 
 import torch
-from timing import peak_memory_mb, timed  # bench/timing.py: the script's folder is on sys.path
+from timing import PRECISIONS, peak_memory_mb, timed  # bench/timing.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("configs/coco/eva02_L_sys.py", "configs/coco/eva02_L_bsl.py")
 ATTN_IMPLS = ("sdpa", "math")
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def run_case(config: str, attn_impl: str, args) -> dict:

@@ -27,7 +27,7 @@ class TrVBackbone(TrV, Backbone):
         patch_size: 16 for detection (p14 checkpoints are resized on load).
         img_size: pre-training image size; the absolute position embedding has img_size / patch_size cells per
             side (224 / 16 = 14, the official detector layout) and is resized bicubically to the feature grid.
-        window_size, global_blocks, rope_grid, drop_path_rate, use_checkpoint, attn_impl: see `TrV`.
+        window_size, global_blocks, rope_grid, drop_path_rate, use_checkpoint, compile_blocks, attn_impl: see `TrV`.
         out_feature: name of the returned feature map.
     """
 
@@ -46,6 +46,7 @@ class TrVBackbone(TrV, Backbone):
         rope_grid: int | None = None,
         drop_path_rate: float = 0.0,
         use_checkpoint: bool = False,
+        compile_blocks: bool = False,
         attn_impl: str = "sdpa",
         out_feature: str = "last_feat",
     ):
@@ -54,7 +55,7 @@ class TrVBackbone(TrV, Backbone):
         super().__init__(
             cfg, patch_size=patch_size, img_size=img_size, window_size=window_size,
             global_blocks=tuple(global_blocks), rope_grid=rope_grid, attn_impl=attn_impl,
-            drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint,
+            drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, compile_blocks=compile_blocks,
         )
         self._out_feature = out_feature
         self._out_features = [out_feature]

@@ -46,6 +46,7 @@ def _planning_config(cfg, size: int, checkpointing: bool | None):
     set_input_size(cfg.model, cfg.dataloader, size, patch_size=cfg.model.backbone.net.get("patch_size", 16))
     if checkpointing is not None:
         cfg.model.backbone.net.use_checkpoint = checkpointing
+    cfg.model.backbone.net.compile_blocks = False  # traced eagerly: an upper bound for compiled blocks
     return cfg
 
 

@@ -91,6 +91,7 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     cfg.model.data_preprocessor.size = (size, size)
     if checkpointing is not None:
         cfg.model.backbone.use_checkpoint = checkpointing
+    cfg.model.backbone.compile_blocks = False  # traced eagerly: an upper bound for compiled blocks
     precision = amp_dtype(amp or config_amp(cfg)) if train else None
     if train:  # mmengine's AmpOptimWrapper needs a GPU; the autocast it adds is put around the forward below
         cfg.optim_wrapper.type = "OptimWrapper"

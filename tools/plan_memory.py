@@ -74,7 +74,7 @@ class Planner:
             self._plan = lambda **kw: plan_detector(self.cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
                                                     detections=args.detections, **common, **kw)
             self.amp_default = config_amp(self.cfg)
-            self.checkpointing_default = bool(self.cfg.model.backbone.net.get("use_checkpoint", False))
+            backbone = self.cfg.model.backbone.net
         else:
             from eva02.seg.memory import DEFAULT_CLASSES, config_amp, plan_segmentor
             from eva02.seg.run import read_config
@@ -86,9 +86,11 @@ class Planner:
             self._plan = lambda **kw: plan_segmentor(self.cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
                                                      **common, **kw)
             self.amp_default = config_amp(self.cfg)
-            self.checkpointing_default = bool(self.cfg.model.backbone.get("use_checkpoint", False))
+            backbone = self.cfg.model.backbone
+        self.checkpointing_default = bool(backbone.get("use_checkpoint", False))
+        self.compiled = bool(backbone.get("compile_blocks", False))
         self._traced = {}  # (batch, train, amp, checkpointing) -> estimate: the search re-asks the report's
-        patch = 16
+        patch = int(backbone.get("patch_size", 16))
         if self.size % patch:
             raise UsageError(f"--size {self.size}: must be a multiple of the patch size {patch}")
 
@@ -139,6 +141,8 @@ def main(argv=None) -> int:
     print(f"{args.config_file} ({kind}): {args.batch} image(s) of {planner.size}x{planner.size} per GPU, "
           f"AMP {amp}, activation checkpointing {'on' if checkpointing else 'off'}, {args.gpus} GPU(s), "
           f"attention {args.attention}")
+    if planner.compiled:
+        print("compile_blocks is on: traced eagerly, so an upper bound (compiled blocks keep fewer intermediates)")
     if args.mode in ("train", "both"):
         estimate = planner.plan(args.batch, True, amp, checkpointing)
         _report("training step", estimate, gpu_bytes)

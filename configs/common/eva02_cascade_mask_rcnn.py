@@ -27,6 +27,7 @@ model.backbone.net = L(TrVBackbone)(
     rope_grid=64,
     drop_path_rate=0.1,
     use_checkpoint=False,
+    compile_blocks=False,  # torch.compile every block (README, Benchmarks: bench/compile.py)
     attn_impl="sdpa",
     out_feature="last_feat",
 )

@@ -43,6 +43,20 @@ def test_family_trains_and_evaluates(family, make_config, shapes, tmp_path):
     assert final["iteration"] == 0 and any(k.startswith("backbone.net.blocks.1.") for k in final["model"])
 
 
+@pytest.mark.slow
+def test_compiled_blocks_train_and_evaluate(make_config, shapes, tmp_path):
+    """The sys family with compile_blocks=True under the trainer's AMP and checkpointing (the short version of this
+    is the backbone's compiled-vs-eager test): training and evaluation run through the compiled blocks."""
+    config, prefix, classes = FAMILIES["coco_sys"]
+    cfg = make_config(config, tmp_path, f"{prefix}_train", f"{prefix}_val", num_classes=classes)
+    cfg.train.amp.enabled = True
+    cfg.model.backbone.net.update(use_checkpoint=True, compile_blocks=True)
+    metrics = run(cfg)
+    assert torch.isfinite(torch.tensor(metrics["total_loss"][0]))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "AP" in results["bbox"] and "AP" in results["segm"]
+
+
 def test_o365_initialized_family(make_config, shapes, tmp_path):
     """Table 32 flow: an O365 (box-only) detector initializes the COCO mask model (the mask head starts fresh),
     trained with EMA; evaluation runs on the EMA weights, which the checkpoint stores under `ema_state`."""

@@ -48,15 +48,17 @@ def test_pretrained_official_p14_checkpoint_loads(tmp_path):
     assert bb.patch_embed.proj.weight.shape[-1] == 16 and bb.pos_embed.shape[1] == 1 + 4 * 4
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
+def test_activation_checkpointing_and_compiled_blocks_give_the_same_gradients():
+    """The cls-token path through checkpointed blocks, eagerly and under torch.compile (compile_blocks)."""
     x = torch.randn(1, 3, 64, 96)
     grads = []
-    for use_checkpoint in (False, True):
+    for use_checkpoint, compile_blocks in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        bb = tiny_backbone(use_checkpoint=use_checkpoint).train()
+        bb = tiny_backbone(use_checkpoint=use_checkpoint, compile_blocks=compile_blocks).train()
         sum(f.square().mean() for f in bb(x)).backward()
         grads.append(bb.blocks[0].attn.qkv.weight.grad)
-    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(grads[2], grads[0], rtol=1e-4, atol=1e-6)
 
 
 def shrunk_model(repo, config, data_root, shrunk_config):
