@@ -39,7 +39,7 @@ demo-mim: install
 
 bench: install
 	$(PY) bench/backbone.py
-	$(PY) bench/det.py --size 1024
+	$(PY) bench/det.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--size 512')")
 	$(PY) bench/compile.py
 
 clean:

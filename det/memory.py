@@ -35,7 +35,7 @@ from .config import set_input_size
 from .ema import ModelEMA
 from .engine import EVATrainer
 
-__all__ = ["plan_detector", "detector_step", "config_amp", "DEFAULT_OBJECTS"]
+__all__ = ["plan_detector", "detector_step", "config_amp", "training_images", "DEFAULT_OBJECTS"]
 
 # Objects per training image: 93 is the most any COCO train2017 image has; the matcher's IoU matrices grow with it.
 DEFAULT_OBJECTS = 100
@@ -46,11 +46,11 @@ def _planning_config(cfg, size: int, checkpointing: bool | None):
     set_input_size(cfg.model, cfg.dataloader, size, patch_size=cfg.model.backbone.net.get("patch_size", 16))
     if checkpointing is not None:
         cfg.model.backbone.net.use_checkpoint = checkpointing
-    cfg.model.backbone.net.compile_blocks = False  # traced eagerly: an upper bound for compiled blocks
+    cfg.model.backbone.net.compile_blocks = False  # traced eagerly; compiled blocks usually keep fewer intermediates
     return cfg
 
 
-def _training_images(batch: int, size: int, objects: int, polygons: bool, num_classes: int) -> list[dict]:
+def training_images(batch: int, size: int, objects: int, polygons: bool, num_classes: int) -> list[dict]:
     """LSJ-sized training inputs (blank images) with `objects` boxes and masks each, spread over the image; the
     boxes and classes are real values (small tensors: the trace keeps them)."""
     rng = np.random.default_rng(0)
@@ -158,13 +158,15 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | Non
 
 
 def _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps):
-    """`steps` training steps as EVATrainer runs them (autocast included; no grad scaler, which scales one
-    scalar and unscales in place). Phases: "forward" (the model's call), "first step" (the optimizer state is
-    created in it) and "training step" (the last, steady-state step)."""
+    """`steps` training steps as EVATrainer runs them, autocast included, on the model's device: the CPU in the
+    trace (no grad scaler there; it scales one scalar and unscales in place), the GPU in measure_peak. Phases:
+    "forward" (the model's call), "first step" (the optimizer state is created in it) and "training step" (the
+    last, steady-state step)."""
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    data = _training_images(batch, size, objects, polygons, model.roi_heads.num_classes)
-    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=precision, device="cpu")
+    data = training_images(batch, size, objects, polygons, model.roi_heads.num_classes)
+    device = next(model.parameters()).device.type
+    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=precision, device=device)
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     forward = contextlib.ExitStack()
     hooks = [model.register_forward_pre_hook(lambda *_: forward.enter_context(phase("forward"))),

@@ -91,7 +91,7 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     cfg.model.data_preprocessor.size = (size, size)
     if checkpointing is not None:
         cfg.model.backbone.use_checkpoint = checkpointing
-    cfg.model.backbone.compile_blocks = False  # traced eagerly: an upper bound for compiled blocks
+    cfg.model.backbone.compile_blocks = False  # traced eagerly; compiled blocks usually keep fewer intermediates
     precision = amp_dtype(amp or config_amp(cfg)) if train else None
     if train:  # mmengine's AmpOptimWrapper needs a GPU; the autocast it adds is put around the forward below
         cfg.optim_wrapper.type = "OptimWrapper"
@@ -111,7 +111,8 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
                 return
             wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
             if precision is not None:
-                wrapper.optim_context = lambda _: torch.autocast("cpu", dtype=precision)
+                device = next(model.parameters()).device.type  # the trace: the CPU; measure_peak: the GPU
+                wrapper.optim_context = lambda _: torch.autocast(device, dtype=precision)
             data = _batch(batch, size, classes, num_classes)
             for i in range(steps):
                 with phase("first step" if i == 0 else "training step"):

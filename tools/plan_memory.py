@@ -142,7 +142,7 @@ def main(argv=None) -> int:
           f"AMP {amp}, activation checkpointing {'on' if checkpointing else 'off'}, {args.gpus} GPU(s), "
           f"attention {args.attention}")
     if planner.compiled:
-        print("compile_blocks is on: traced eagerly, so an upper bound (compiled blocks keep fewer intermediates)")
+        print("compile_blocks is on: the blocks are traced eagerly (compiled ones usually keep fewer intermediates)")
     if args.mode in ("train", "both"):
         estimate = planner.plan(args.batch, True, amp, checkpointing)
         _report("training step", estimate, gpu_bytes)

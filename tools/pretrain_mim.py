@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=500, help="optimizer steps between checkpoints")
     p.add_argument("--attn-impl", choices=("sdpa", "math", "xformers"), default="sdpa")
     p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
+    p.add_argument("--compile-blocks", action="store_true", help="torch.compile every student block")
     p.add_argument("--arch", nargs="*", default=[], metavar="KEY=INT",
                    help="TrV architecture overrides for a shrunk student, e.g. depth=4")
     p.add_argument("--export", action="store_true", help="after training, write the official p14 / p14to16 files")
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         drop_path=args.drop_path, grad_clip=args.grad_clip, input_size=args.input_size, mask_ratio=args.mask_ratio,
         amp={None: "auto", "off": "none"}.get(args.amp, args.amp), num_workers=args.workers, seed=args.seed,
         save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
-        use_checkpoint=args.use_checkpoint, arch=args.arch,
+        use_checkpoint=args.use_checkpoint, compile_blocks=args.compile_blocks, arch=args.arch,
     )
     bar = None
 

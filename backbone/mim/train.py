@@ -61,6 +61,7 @@ class PretrainConfig:
     weights_only: bool = True  # read the teacher's file with torch's weights_only (False: trusted files only)
     attn_impl: str = "sdpa"
     use_checkpoint: bool = False
+    compile_blocks: bool = False  # torch.compile every student block (see TrV)
     arch: dict = field(default_factory=dict)  # TrV architecture overrides (tests: a shrunk student)
 
 
@@ -120,7 +121,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     torch.manual_seed(cfg.seed)  # same initial student on every rank
     student = create_mim_student(
         cfg.model, probe.shape[-1], img_size=cfg.input_size, attn_impl=cfg.attn_impl,
-        use_checkpoint=cfg.use_checkpoint,
+        use_checkpoint=cfg.use_checkpoint, compile_blocks=cfg.compile_blocks,
         drop_path_rate=recipe.drop_path if cfg.drop_path is None else cfg.drop_path, **cfg.arch,
     ).to(device)
     groups = param_groups(student.named_parameters(), base_lr,
