@@ -112,11 +112,13 @@ def _lazy_call_argument(node, name: str) -> bool:
 def apply_overrides(cfg, overrides: list[str]):
     """LazyConfig.apply_overrides, after checking that every KEY of KEY=VALUE names an entry of the config or an
     argument of a LazyCall's target: a mistyped key (train.max_itr) is an error naming the closest key instead of
-    a new setting nothing reads."""
+    a new setting nothing reads. A VALUE of None means None, as Hydra's null does (Hydra alone would set the
+    string "None", which no setting takes)."""
     for item in overrides:
         if "=" not in item:
             raise UsageError(f"override {item!r} is not KEY=VALUE")
     check_override_keys(cfg, [item.split("=", 1)[0] for item in overrides], _lazy_call_argument)
+    overrides = [item[: -len("None")] + "null" if item.split("=", 1)[1] == "None" else item for item in overrides]
     return LazyConfig.apply_overrides(cfg, overrides)
 
 

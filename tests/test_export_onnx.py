@@ -1,5 +1,6 @@
-"""tools/export_onnx.py: the detection and segmentation backbones + pyramids run in onnxruntime as in PyTorch, on
-real photos (scikit-image's astronaut and chelsea) at two input sizes, one of which needs window padding."""
+"""tools/export_onnx.py: the detection and segmentation backbones + pyramids, and the whole detector (--whole), run
+in onnxruntime as in PyTorch, on real photos (scikit-image's astronaut and chelsea) at two or three input sizes,
+one of which needs window padding."""
 import re
 import subprocess
 import sys
@@ -55,3 +56,49 @@ def test_bad_size_is_one_line(tmp_path):
     proc = export_onnx("--config-file", ROOT / "configs/demo/eva02_Ti_det.py", "--output", tmp_path / "x.onnx",
                        "--check-sizes", "128by128")
     assert proc.returncode == 2 and "size '128by128': expected HxW" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_whole_detector_matches_pytorch_on_real_photos(tmp_path):
+    """--whole: the Cascade Mask R-CNN with plain NMS, traced once, gives PyTorch's detections in onnxruntime on
+    other photos and sizes, whose detection counts differ from the traced one's (so nothing data-dependent was
+    frozen into the graph). The heads' class scores are spread (random weights give near-uniform ones), and the
+    threshold is raised so that the counts depend on the image."""
+    import skimage.data
+    import torch.nn.functional as F
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(str(ROOT / "configs/demo/eva02_Ti_det.py"))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        for predictor in model.roi_heads.box_predictor:
+            predictor.cls_score.weight.normal_(0, 0.1)
+            predictor.cls_score.bias.normal_(0, 1)
+    torch.save({"model": model.state_dict()}, tmp_path / "detector.pth")
+    out = tmp_path / "detector.onnx"
+    proc = export_onnx("--config-file", ROOT / "configs/demo/eva02_Ti_det.py", "--weights", tmp_path / "detector.pth",
+                       "--whole", "--output", out, "--tolerance", TOLERANCE,
+                       "model.roi_heads.box_predictors.2.test_score_thresh=0.3",
+                       "--check-sizes", "128x128", "96x128", "128x80")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = re.findall(r": (\d+) / (\d+) detections, the same detections and classes", proc.stdout)
+    assert len(counts) == 3 and all(a == b for a, b in counts) and len({a for a, _ in counts}) > 1, proc.stdout
+    # the file on its own, against the detector's inference in PyTorch, on chelsea at 96 x 128
+    model.roi_heads.box_predictor[2].test_score_thresh = 0.3
+    photo = torch.from_numpy(np.ascontiguousarray(skimage.data.chelsea())).permute(2, 0, 1)[None].float()
+    image = F.interpolate(photo, size=(96, 128), mode="bilinear", align_corners=False)[0]
+    with torch.no_grad():
+        ref = model.inference([{"image": image}], do_postprocess=False)[0]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": image.numpy()})))
+    assert set(got) == {"boxes", "classes", "masks", "scores", "image_size"} and len(ref) > 0
+    assert got["image_size"].tolist() == [96, 128] and np.array_equal(got["classes"], ref.pred_classes.numpy())
+    np.testing.assert_allclose(got["boxes"], ref.pred_boxes.tensor.numpy(), atol=1e-3)
+    np.testing.assert_allclose(got["scores"], ref.scores.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["masks"], ref.pred_masks.numpy(), atol=1e-4)
+
+
+def test_whole_detector_refuses_soft_nms(tmp_path):
+    proc = export_onnx("--config-file", ROOT / "configs/coco/eva02_L_sys.py", "--whole",
+                       "--output", tmp_path / "x.onnx")
+    assert proc.returncode == 2 and "nms_method='soft_linear'" in proc.stderr and "Traceback" not in proc.stderr

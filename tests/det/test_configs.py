@@ -119,3 +119,13 @@ def test_an_override_may_set_an_argument_the_config_leaves_at_its_default():
     cfg = apply_overrides(cfg, ["model.proposal_generator.smooth_l1_beta=0.1", "model.backbone.net.depth=2",
                                 "train.max_iter=5"])
     assert cfg.model.proposal_generator.smooth_l1_beta == 0.1 and cfg.model.backbone.net.depth == 2
+
+
+def test_an_override_of_none_sets_none():
+    """README's `model.roi_heads.maskness_thresh=None` (COCO box AP runs): Hydra's grammar alone reads the string
+    "None", which the RoI heads would compare with mask probabilities."""
+    from eva02.det.config import apply_overrides
+
+    cfg = apply_overrides(LazyConfig.load(str(ROOT / "configs/coco/eva02_L_sys.py")),
+                          ["model.roi_heads.maskness_thresh=None", "train.output_dir=Nonesuch"])
+    assert cfg.model.roi_heads.maskness_thresh is None and cfg.train.output_dir == "Nonesuch"
