@@ -43,21 +43,26 @@ def trv_step(size: int):
 
 
 def cases(paper: bool):
+    """(name, (build, run), whether tools/plan_memory.py traces it on a fake GPU for a GPU target: detector
+    inference, so that detectron2's GPU code paths are taken; training is traced on the CPU device)."""
     det = lambda path: LazyConfig.load(str(ROOT / path))  # noqa: E731
     seg = lambda path: Config.fromfile(str(ROOT / path))  # noqa: E731
-    yield "TrV Ti (4 blocks) training, 2 x 256 px", trv_step(256)
+    yield "TrV Ti (4 blocks) training, 2 x 256 px", trv_step(256), False
     yield "demo detector training, 2 x 128 px, 10 objects", detector_step(det("configs/demo/eva02_Ti_det.py"), 2,
-                                                                          128, True, objects=10)
-    yield "demo detector inference, 2 x 128 px", detector_step(det("configs/demo/eva02_Ti_det.py"), 2, 128, False)
-    yield "B bsl detector inference, 1 x 256 px", detector_step(det("configs/coco/eva02_B_bsl.py"), 1, 256, False)
+                                                                          128, True, objects=10), False
+    yield ("demo detector inference, 2 x 128 px", detector_step(det("configs/demo/eva02_Ti_det.py"), 2, 128, False),
+           True)
+    yield ("B bsl detector inference, 1 x 256 px", detector_step(det("configs/coco/eva02_B_bsl.py"), 1, 256, False),
+           True)
     yield "demo UperNet training, 2 x 128 px, 5 classes", segmentor_step(seg("configs/demo/eva02_Ti_seg.py"), 2, 128,
-                                                                         True, classes=5)
-    yield "demo UperNet inference, 2 x 128 px", segmentor_step(seg("configs/demo/eva02_Ti_seg.py"), 2, 128, False)
+                                                                         True, classes=5), False
+    yield ("demo UperNet inference, 2 x 128 px", segmentor_step(seg("configs/demo/eva02_Ti_seg.py"), 2, 128, False),
+           False)
     if paper:
         yield "B bsl detector training, 1 x 256 px, 20 objects", detector_step(det("configs/coco/eva02_B_bsl.py"), 1,
-                                                                               256, True, objects=20)
+                                                                               256, True, objects=20), False
         yield "B UperNet training, 1 x 256 px, 20 classes", segmentor_step(
-            seg("configs/ade20k/upernet_eva02_B_512.py"), 1, 256, True, classes=20)
+            seg("configs/ade20k/upernet_eva02_B_512.py"), 1, 256, True, classes=20), False
 
 
 def main(argv=None) -> int:
@@ -69,9 +74,10 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"planner estimate vs measured peak ({device_name}, torch {torch.__version__})")
     print(f"{'case':<52} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6}")
-    for name, (build, run) in cases(args.paper):
+    for name, (build, run), gpu_trace in cases(args.paper):
         start = time.perf_counter()
-        estimate = estimate_memory(build, run, target=target).peak
+        estimate = estimate_memory(build, run, target=target, device="cuda" if gpu_trace and target == "cuda"
+                                   else "cpu").peak
         torch.manual_seed(0)
         measured = measure_peak(build, run, device=args.device)
         print(f"{name:<52} {estimate / 2**20:12.1f} {measured / 2**20:12.1f} {estimate / measured:6.3f}"
