@@ -96,7 +96,7 @@ def relay_class_layers(state: dict[str, torch.Tensor], own: dict[str, torch.Tens
             side = "checkpoint" if names is None else "model"
             given = trained_classes if names is None else classes
             why = f"the {side} names no classes" if given is None else (
-                f"the {side} names {len(given)} classes for {old if names is None else new} rows")
+                f"the {side} names {len(given)} classes for its {old if names is None else new}")
             detail = f"no class carried over ({why})"
         elif carried:
             shown = ", ".join(carried[:8]) + (", ..." if len(carried) > 8 else "")

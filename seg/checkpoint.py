@@ -30,7 +30,6 @@ CLASS_LAYERS = ((re.compile(r"(^|\.)conv_seg\.(weight|bias)$"), ClassRows()),
                 (re.compile(r"(^|\.)cls_embed\.(weight|bias)$"), ClassRows(extra=1)))
 
 
-
 def _class_layout(key: str) -> ClassRows | None:
     return next((layout for pattern, layout in CLASS_LAYERS if pattern.search(key)), None)
 
