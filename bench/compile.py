@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from timing import PRECISIONS, synced  # bench/timing.py: the script's folder is on sys.path
+from timing import PRECISIONS, backbone_step, synced  # bench/timing.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,27 +36,7 @@ def build(variant: str, size: int, compile_blocks: bool, checkpointing: bool, de
     set_input_size(cfg.model, cfg.dataloader, size)
     cfg.model.backbone.net.update(use_checkpoint=checkpointing, compile_blocks=compile_blocks, drop_path_rate=0.0)
     torch.manual_seed(0)
-    net = instantiate(cfg.model.backbone.net).to(device)
-    return lambda x: net(x)[net._out_feature], net
-
-
-def step_fn(built, x, mode: str, dtype):
-    forward, model = built
-    device_type = x.device.type
-
-    def infer():
-        with torch.inference_mode(), torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            return forward(x)
-
-    def train():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            loss = forward(x).float().square().mean()
-        loss.backward()
-        return model.patch_embed.proj.weight.grad  # through every block
-
-    model.train(mode == "train")
-    return infer if mode == "infer" else train
+    return instantiate(cfg.model.backbone.net).to(device)
 
 
 def main():
@@ -84,7 +64,7 @@ def main():
         x = torch.randn(args.batch, 3, size, size, device=args.device)
         models = {c: build(args.variant, size, c, args.checkpointing, args.device) for c in (False, True)}
         for mode in args.modes:
-            fns = {c: step_fn(m, x, mode, dtype) for c, m in models.items()}
+            fns = {c: backbone_step(m, x, mode, dtype) for c, m in models.items()}
             compile_s = synced(fns[True], args.device) - synced(fns[False], args.device)
             outs = {c: f() for c, f in fns.items()}
             diff = (outs[True].float() - outs[False].float()).abs().max().item()

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 import torch
-from timing import PRECISIONS, peak_memory_mb, timed  # bench/timing.py: the script's folder is on sys.path
+# bench/timing.py: the script's folder is on sys.path
+from timing import PRECISIONS, autocast, backbone_step, peak_memory_mb, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CONFIGS = ("configs/coco/eva02_B_bsl.py", "configs/coco/eva02_B_sys.py", "configs/coco/eva02_L_bsl.py",
@@ -50,29 +51,14 @@ def load(config: str, attn_impl: str, args):
     return cfg
 
 
-def autocast(device: str, dtype):
-    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def backbone_step(cfg, args, dtype):
+def config_backbone_step(cfg, args, dtype):
     """(step, input description) for the config's TrV alone."""
     from detectron2.config import instantiate
 
-    net = instantiate(cfg.model.backbone.net).to(args.device).train(args.mode == "train")
+    net = instantiate(cfg.model.backbone.net).to(args.device)
     size = int(cfg.model.backbone.square_pad)
     x = torch.randn(args.batch, 3, size, size, device=args.device)
-
-    def step():
-        if args.mode == "infer":
-            with torch.inference_mode(), autocast(args.device, dtype):
-                net(x)
-            return
-        net.zero_grad(set_to_none=True)
-        with autocast(args.device, dtype):
-            loss = net(x)[net._out_feature].float().square().mean()
-        loss.backward()
-
-    return step, f"{size}x{size}"
+    return backbone_step(net, x, args.mode, dtype), f"{size}x{size}"
 
 
 def detector_step(cfg, args, dtype):
@@ -116,7 +102,7 @@ def run_case(config: str, attn_impl: str, args) -> dict:
     cfg = load(config, attn_impl, args)
     torch.manual_seed(0)
     dtype = PRECISIONS[args.precision]
-    step, described = (backbone_step if args.part == "backbone" else detector_step)(cfg, args, dtype)
+    step, described = (config_backbone_step if args.part == "backbone" else detector_step)(cfg, args, dtype)
     sec = timed(step, args.iters, args.device)
     return {"sec": sec, "peak_mb": peak_memory_mb(args.device), "input": described}
 

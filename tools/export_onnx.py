@@ -137,20 +137,19 @@ def _detector_adapter(model, image: torch.Tensor):
     return adapter.eval(), names + ["image_size"]
 
 
-def export_detector(model, path: str, image: torch.Tensor, opset: int) -> list[str]:
+def export_detector(model, path: str, image: torch.Tensor, opset: int):
+    """Writes the ONNX file; returns the adapter it traced (in eval mode) and the output names."""
     adapter, names = _detector_adapter(model, image)
     with torch.no_grad():
         torch.onnx.export(adapter, (image,), path, opset_version=opset, dynamo=False, input_names=["image"],
                           output_names=names, dynamic_axes={"image": {1: "height", 2: "width"},
                                                             **{n: {0: "detections"} for n in names[:-1]}})
-    model.eval()  # the export leaves the wrapped model in training mode
-    return names
+    return adapter.eval(), names  # the export leaves the wrapped model in training mode
 
 
-def compare_detector(model, path: str, images: list[torch.Tensor]) -> list[tuple[int, int, float]]:
+def compare_detector(adapter, path: str, images: list[torch.Tensor]) -> list[tuple[int, int, float]]:
     """Per image: (detections in PyTorch, in onnxruntime, largest |difference| over boxes, scores and masks
     relative to each output's largest value; inf when the counts or classes differ)."""
-    adapter, _ = _detector_adapter(model, images[0])
     results = []
     for ref, got, names in paired_outputs(adapter, path, images):
         count, count_onnx = len(ref[0]), len(got[0])
@@ -265,10 +264,10 @@ def export_whole(args, sizes: list[tuple[int, int]]) -> int:
     if cfg.model.get("input_format", "RGB") == "BGR":
         images = [x.flip(0) for x in images]
     start = time.perf_counter()
-    names = export_detector(model, args.output, images[0], args.opset)
+    adapter, names = export_detector(model, args.output, images[0], args.opset)
     print(f"exported the whole detector to {args.output} (opset {args.opset}, outputs {', '.join(names)}, dynamic "
           f"height / width up to {pad}, detections per image) in {time.perf_counter() - start:.0f} s")
-    results = compare_detector(model, args.output, images)
+    results = compare_detector(adapter, args.output, images)
     for size, (count, count_onnx, error) in zip(sizes, results):
         agree = "the same detections and classes" if np.isfinite(error) else "DIFFERENT detections or classes"
         print(f"  onnxruntime vs PyTorch at {size[0]}x{size[1]}: {count} / {count_onnx} detections, {agree}; "
