@@ -3,8 +3,8 @@
 Fixtures (tests/mim/fixtures/README.md says how each was made by running the official code):
   official_mim_tiny.pt     two tiny official students: "ti_style" (the Ti/S code path: fused qkv, xformers-packed
                            w12) and "b_style" (B/L: separate q/k/v, w1 / w2, sub-LN), random weights, two skimage
-                           photos, a mask, the official outputs, loss against the tiny teacher, gradient norms,
-                           and init statistics of the official constructor
+                           photos, a mask, the official outputs, loss against the tiny teacher, every
+                           parameter's gradient, and init statistics of the official constructor
   official_teacher_tiny.pt a tiny official EVA-CLIP tower (GELU MLP, fused qkv, projection head) and the targets the
                            official pre-training engine takes from it for the same photos
   official_mim_keys.json   key names and shapes of the real Ti / S / B / L pre-training models, and their
@@ -74,19 +74,25 @@ def test_export_is_the_official_state_dict(official, style):
 @pytest.mark.parametrize("style", ["ti_style", "b_style"])
 def test_loss_and_gradients_equal_the_official_step(official, official_teacher, style):
     """Negative cosine loss on masked patches against the official teacher targets, then backward: the loss and
-    the gradients (the patch embedding's scaled by 0.1, the official --stop_grad_conv1) equal the official."""
+    every parameter's gradient (the patch embedding's scaled by 0.1, the official --stop_grad_conv1) equal the
+    official, element by element, once put in the official layout by the export that maps the weights."""
     case = official[style]
     student = student_like(case, PRESET[style]).train()
     student.load_official(case["state_dict"])
     loss = mim_loss(student(official["image"], official["mask"]), official_teacher["target"], official["mask"])
     loss.backward()
     assert float(loss) == pytest.approx(float(case["loss_vs_tiny_teacher"]), rel=1e-4)
-    grads = {n: p.grad for n, p in student.named_parameters()}
-    for ours, theirs in [("encoder.patch_embed.proj.weight", "patch_embed.proj.weight"),
-                         ("encoder.mask_token", "mask_token"), ("encoder.pos_embed", "pos_embed"),
-                         ("encoder.blocks.1.mlp.w3.weight", "blocks.1.mlp.w3.weight"),
-                         ("lm_head.weight", "lm_head.weight")]:
-        assert float(grads[ours].norm()) == pytest.approx(float(case["grad_norms"][theirs]), rel=1e-3), ours
+    # The export only renames, splits q/k/v and packs w1 / w2, so it maps gradients as it maps weights.
+    grads = student_like(case, PRESET[style])
+    with torch.no_grad():
+        for holder, param in zip(grads.parameters(), student.parameters(), strict=True):
+            holder.copy_(param.grad)
+    ours = {k: v for k, v in grads.official_state_dict().items() if "rope.freqs" not in k}
+    assert sorted(ours) == sorted(case["grads"])
+    for key, theirs in case["grads"].items():
+        # atol: the two float32 summation orders differ by up to ~4e-8 (largest element ~0.1), more than 1e-4
+        # of the elements near zero; 1e-7 covers that, 1e-6 of the largest element.
+        torch.testing.assert_close(ours[key], theirs, rtol=1e-4, atol=1e-7, msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("style", ["ti_style", "b_style"])
