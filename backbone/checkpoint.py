@@ -31,7 +31,7 @@ from .trv import TrV, TrVConfig
 __all__ = [
     "HARMLESS_GLOBALS", "IncompleteCheckpointError", "LoadReport", "check_complete", "atomic_write", "infer_trv_config", "load_checkpoint", "read_weights",
     "read_state_dict", "remove_stale_temporaries", "save_atomic", "to_official", "official_p14_to_p16",
-    "to_trv_names", "unwrap_model", "unwrap_state_dict",
+    "to_trv_names", "existing_file", "unreadable_checkpoint", "unwrap_model", "unwrap_state_dict",
     "resize_patch_kernel", "resize_pos_embed",
 ]
 
@@ -168,15 +168,35 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _torch_reason(error: Exception) -> str:
+    """The gist of a torch.load error: the weights_only unpickler's own detail ("Unsupported global: ...", or
+    "Unsupported operand ..." in a damaged pickle), else the first sentence (torch's text runs to a paragraph)."""
+    text = str(error).strip()
+    _, found, detail = text.partition("WeightsUnpickler error:")
+    return ((detail.strip() if found else text).split("\n")[0].split(". ")[0] or type(error).__name__).rstrip(".")
+
+
+def existing_file(path: str | os.PathLike) -> str:
+    """path as a str; FileNotFoundError naming it when no such file exists."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return path
+
+
+def unreadable_checkpoint(path: str | os.PathLike, error: Exception) -> ValueError:
+    """The error for a checkpoint file torch failed to read: the file, the gist of torch's reason, what to do."""
+    return ValueError(f"{os.fspath(path)} is not a readable checkpoint ({_torch_reason(error)}): truncated or "
+                      "damaged? Copy or download it again")
+
+
 def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
     """The raw object saved in a checkpoint file (.pt / .pth / .safetensors).
 
     weights_only=True rebuilds tensors, plain containers and HARMLESS_GLOBALS (the non-tensor objects of official
     releases) and refuses anything else; pass False only for files you trust (unpickling runs code).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    path = existing_file(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -189,12 +209,11 @@ def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict:
         with torch.serialization.safe_globals(HARMLESS_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:
-        if weights_only and "Weights only" in str(e):
-            detail = next((line.split("error:", 1)[-1].strip() for line in str(e).splitlines()
-                           if "WeightsUnpickler error" in line), "non-tensor objects").split(". ")[0]
-            raise ValueError(f"{path} holds pickled objects that weights_only loading refuses ({detail}); if you "
+        reason = _torch_reason(e)
+        if reason.startswith("Unsupported global"):  # an object weights_only refuses, not a damaged file
+            raise ValueError(f"{path} holds pickled objects that weights_only loading refuses ({reason}); if you "
                              "trust the file, the tools read it with --unsafe-pickle (Python: weights_only=False)") from e
-        raise ValueError(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+        raise unreadable_checkpoint(path, e) from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path} is not a checkpoint: it holds a {type(obj).__name__}, not a dict of tensors")
     return obj

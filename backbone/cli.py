@@ -222,7 +222,8 @@ def run_tool(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     except Exception as error:  # noqa: BLE001  (the one-line answer; --debug shows the rest)
         if "--debug" in argv:
             raise
-        message = str(error).strip() or type(error).__name__
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error  # str(KeyError) quotes it
+        message = str(text).strip() or type(error).__name__
         if not isinstance(error, (UsageError, FileNotFoundError)):  # ours say all; others say their first line
             message = f"{type(error).__name__}: {message.splitlines()[0]}"
         print(f"{tool}: {message}\n(--debug shows the traceback)", file=sys.stderr)

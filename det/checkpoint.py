@@ -33,7 +33,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys
 from eva02.backbone import load_checkpoint, read_state_dict
 from eva02.backbone.class_rows import ClassRows, relay_class_layers
 from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, atomic_write, check_complete,
-                                       save_atomic, to_trv_names, unwrap_model)
+                                       existing_file, save_atomic, to_trv_names, unreadable_checkpoint, unwrap_model)
 
 
 __all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights"]
@@ -76,9 +76,17 @@ class EVACheckpointer(DetectionCheckpointer):
         self.loaded_classes: list[str] | None = None  # the class names the last loaded checkpoint stores
 
     # ------------------------------------------------------------------ reading
+    def load(self, path: str, *args, **kwargs):
+        if path and "://" not in path:  # a local file; fvcore would only assert "Checkpoint ... not found!"
+            existing_file(path)
+        return super().load(path, *args, **kwargs)
+
     def _load_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):  # Detectron / Caffe2 pickles: detectron2's own path
-            return super()._load_file(filename)
+            try:
+                return super()._load_file(filename)
+            except Exception as e:  # noqa: BLE001  (a damaged pickle raises anything)
+                raise unreadable_checkpoint(filename, e) from e
         obj = read_state_dict(filename, self.weights_only)
         if "model" not in obj:
             inner = obj.get("module") or obj.get("state_dict")

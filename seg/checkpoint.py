@@ -93,6 +93,9 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, 
     sd, _ = read_weights(obj)
     sd = rename_official_pyramid(sd, "backbone.")
     backbone_sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
+    if not backbone_sd:
+        raise ValueError(f"{source}: not a segmentor checkpoint (no 'backbone.' weights; keys {sorted(sd)[:4]} ...); "
+                         "a backbone-only one (MIM, p14to16) initializes training as model.backbone.pretrained=FILE")
     report = load_checkpoint(model.backbone, backbone_sd, source=source)
     rest = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
     own = model.state_dict()

@@ -3,6 +3,8 @@
 Atomic writes: the file backend "atomic_local" (AtomicLocalBackend, registered under that name alongside
 mmengine's own backends, replacing none) writes through a temporary file renamed into place. A config turns it
 on where checkpoints are saved: `default_hooks.checkpoint.backend_args = dict(backend="atomic_local")`.
+Reading: `name_files_in_load_errors()` (called by tools/train_seg.py, not at import) has the local checkpoints
+mmengine loads (load_from, --resume) read by mmengine's own loader with errors that name the file.
 
 mmengine stores its MessageHub in every checkpoint: smoothed-log HistoryBuffers (pickled with bound methods
 through `getattr`) and numpy scalars. torch refuses to unpickle those by default, so `--resume`, `load_from`
@@ -21,9 +23,11 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_local
 from mmseg.registry import HOOKS
 
-from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
+from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries, unreadable_checkpoint
 from eva02.backbone.rng import capture_rng, restore_rng
 
 from .checkpoint import load_segmentor_checkpoint
@@ -43,6 +47,23 @@ class AtomicLocalBackend(LocalBackend):
 
 
 register_backend("atomic_local", AtomicLocalBackend)
+
+
+def load_from_local(filename, map_location):
+    """mmengine's loader of local checkpoints (load_from, --resume), whose torch errors do not name the file."""
+    try:
+        return mmengine_load_from_local(filename, map_location)
+    except FileNotFoundError:  # mmengine's own names it
+        raise
+    except Exception as e:  # noqa: BLE001  (torch raises anything on a damaged file)
+        raise unreadable_checkpoint(filename, e) from e
+
+
+def name_files_in_load_errors() -> None:
+    """Route mmengine's local checkpoint loading through load_from_local, for this process (a tool's choice: the
+    library changes no other library's behaviour at import)."""
+    CheckpointLoader.register_scheme(prefixes="", force=True)(load_from_local)
+
 
 _DROP = object()
 

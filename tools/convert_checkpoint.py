@@ -21,14 +21,14 @@ from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names
 from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
 
 
-def infer_preset(state: dict) -> tuple[str, TrVConfig]:
-    """(preset name, architecture) of a converted state dict: the preset of its width."""
-    cfg, _, _ = infer_trv_config(state)
+def infer_preset(state: dict, source: str) -> tuple[str, TrVConfig]:
+    """(preset name, architecture) of a converted state dict read from `source`: the preset of its width."""
+    cfg, _, _ = infer_trv_config(state, source=source)
     for name, preset in PRESETS.items():
         if preset.embed_dim == cfg.embed_dim:
             return name, cfg
-    raise ValueError(f"embed dim {cfg.embed_dim} matches no EVA-02 preset "
-                     f"({ {n: c.embed_dim for n, c in PRESETS.items()} })")
+    raise ValueError(f"{source}: embed dim {cfg.embed_dim} matches no EVA-02 preset "
+                     f"({ {n: c.embed_dim for n, c in PRESETS.items()} }): --to eva02 converts these sizes only")
 
 
 def main(argv=None) -> int:
@@ -56,11 +56,11 @@ def main(argv=None) -> int:
         return EXIT_OK
 
     state = to_trv_names(unwrap_state_dict(raw, args.use_ema, args.input, LoadReport()), LoadReport())
-    name, cfg = infer_preset(state)
+    name, cfg = infer_preset(state, args.input)
     depth, sub_ln = cfg.depth, cfg.sub_ln
     model = create_trv(name, depth=depth, patch_size=args.patch_size, img_size=args.img_size, sub_ln=sub_ln,
                        with_cls_token=True, with_mask_token=True)
-    report = load_checkpoint(model, state, patch_resize=args.patch_resize)
+    report = load_checkpoint(model, state, patch_resize=args.patch_resize, source=args.input)
     print(report)
     if report.missing:
         # tokens the source never had are not worth keeping as random values

@@ -25,7 +25,7 @@ import sys
 from mmengine.runner import Runner
 
 from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
-from eva02.seg.hooks import SegmentorWeightsHook
+from eva02.seg.hooks import SegmentorWeightsHook, name_files_in_load_errors
 from eva02.seg.run import apply_amp, init_cpu_process_group, load_config
 
 
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
         cfg.model.backbone.pretrained = None  # the whole model comes from --weights
         cfg.model.backbone.pop("init_cfg", None)
     init_cpu_process_group()
+    name_files_in_load_errors()
     runner = Runner.from_cfg(cfg)
     if args.weights:
         runner.register_hook(SegmentorWeightsHook(args.weights, weights_only=not args.unsafe_pickle,

@@ -96,11 +96,18 @@ def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
 
 
 
-def _student_from_training_checkpoint(path: str) -> MIMStudent:
+def read_training_checkpoint(path: str) -> dict:
+    """A pretrain_mim training checkpoint (student, config, optimizer, ...); KeyError naming the file otherwise."""
     ckpt = read_state_dict(path)
     for key in ("student", "config"):
         if key not in ckpt:
-            raise KeyError(f"{path}: not a pretrain_mim checkpoint (no '{key}'; keys {sorted(ckpt)[:8]})")
+            raise KeyError(f"{path}: not a pretrain_mim checkpoint (no '{key}'; keys {sorted(ckpt)[:8]}); give "
+                           "tools/pretrain_mim.py an --output folder of its own runs")
+    return ckpt
+
+
+def _student_from_training_checkpoint(path: str) -> MIMStudent:
+    ckpt = read_training_checkpoint(path)
     cfg = ckpt["config"]
     student = create_mim_student(cfg["model"], ckpt["student"]["lm_head.weight"].shape[0],
                                  img_size=cfg["input_size"], **cfg.get("arch", {}))

@@ -102,7 +102,7 @@ class TrVTeacher(FrozenTeacher):
                            "use it through timm, --teacher timm:eva_giant_patch14_clip_224 --teacher-weights FILE")
         cfg, patch, img_size = infer_trv_config(sd, num_heads, source)
         encoder = TrV(cfg, patch_size=patch, img_size=img_size, with_cls_token="cls_token" in sd)
-        report = load_checkpoint(encoder, sd)
+        report = load_checkpoint(encoder, sd, source=source)
         if report.missing or report.unexpected:
             raise ValueError(f"teacher checkpoint {source} does not fit a TrV: missing {report.missing[:6]}, "
                              f"unexpected {report.unexpected[:6]}")

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import read_state_dict, remove_stale_temporaries, save_atomic
+from ..checkpoint import remove_stale_temporaries, save_atomic
 from ..layer_decay import MIM_NO_DECAY, param_groups
 from .data import DEFAULT_MASK_RATIO, MIMImageFolder, epoch_keys
-from .model import create_mim_student, mim_loss
+from .model import create_mim_student, mim_loss, read_training_checkpoint
 from .recipe import RECIPES, cosine_lr
 from .teachers import FrozenTeacher, autocast, build_teacher
 
@@ -134,7 +134,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     log_path = os.path.join(cfg.output, LOG_NAME)
     step, history = 0, []
     if cfg.resume and os.path.isfile(ckpt_path):
-        ckpt = read_state_dict(ckpt_path)
+        ckpt = read_training_checkpoint(ckpt_path)
         if ckpt["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpt_path} is a {ckpt['config']['model']} run, not {cfg.model}; use another --output")
         student.load_state_dict(ckpt["student"])

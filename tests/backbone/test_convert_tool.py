@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from eva02.backbone import create_trv, load_checkpoint, to_official
@@ -52,3 +53,24 @@ def test_not_a_backbone_is_a_clear_error(tmp_path):
                              "--to", "p14to16"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "patch_embed.proj.weight" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("case", ["no TrV in it", "truncated", "damaged pickle"])
+def test_bad_checkpoint_is_one_line_naming_the_file(tmp_path, case):
+    path = tmp_path / "in.pt"
+    if case == "no TrV in it":  # was named "<state dict>": the tool passed the loaded dict on
+        torch.save({"model": {"head.weight": torch.zeros(2)}}, path)
+        expected = f"{path}: not a TrV"
+    elif case == "truncated":
+        _official_mim(tmp_path / "whole.pt")
+        whole = (tmp_path / "whole.pt").read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+        expected = f"{path} is not a readable checkpoint (PytorchStreamReader failed reading zip archive"
+    else:  # a pickle header, then junk: damaged, no case for --unsafe-pickle
+        path.write_bytes(b"\x80\x04junk" + bytes(64))
+        expected = f"{path} is not a readable checkpoint ("
+    result = subprocess.run([sys.executable, str(TOOL), "--input", path, "--output", tmp_path / "out.pth",
+                             "--to", "eva02"], capture_output=True, text=True)
+    message, hint = result.stderr.strip().splitlines()[-2:]
+    assert result.returncode == 2 and hint == "(--debug shows the traceback)"
+    assert expected in message and "<state dict>" not in message and "--unsafe-pickle" not in message, message

@@ -1,9 +1,13 @@
 """Detector checkpoints: the official released layout (separate q/k/v, RoPE buffers, ema_state) loads with
 zero missing keys; backbone-only (MIM) files load into backbone.net; our checkpoints are written atomically."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from eva02.backbone import to_official
 from eva02.backbone.checkpoint import IncompleteCheckpointError, resize_patch_kernel
@@ -128,3 +132,29 @@ def test_loads_that_leave_weights_unset_are_errors_naming_them(small_cfg, tmp_pa
                            "blocks.0.mlp.w1.weight": torch.zeros(16, 8)}}, tmp_path / "narrow.pt")
     with pytest.raises(ValueError, match=r"narrow.pt: shape mismatch for 'patch_embed.proj.weight'"):
         load_detector_weights(model, str(tmp_path / "narrow.pt"), require="any")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("tool, weights, expected", [
+    ("infer_det.py", "missing.pth", "checkpoint file not found: {weights}"),  # was fvcore's AssertionError
+    ("train_det.py", "junk.pkl", "{weights} is not a readable checkpoint ("),  # was a bare UnpicklingError
+], ids=["infer_det-missing", "train_det-damaged-pkl"])
+def test_tools_name_the_bad_weights_file(tmp_path, tool, weights, expected):
+    weights = tmp_path / weights
+    if weights.suffix == ".pkl":  # detectron2's own reader of Detectron / Caffe2 pickles
+        weights.write_bytes(b"not a pickle")
+    if tool == "infer_det.py":
+        Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+        flags = ["--input", tmp_path / "photo.png", "--device", "cpu"]
+    else:
+        flags = ["--eval-only", "train.device=cpu"]
+    proc = subprocess.run([sys.executable, ROOT / "tools" / tool, "--weights", weights,
+                           "--config-file", ROOT / "configs/demo/eva02_Ti_det.py", "--output", tmp_path / "out", *flags,
+                           f"dataloader.setup.root={tmp_path / 'data'}", "dataloader.setup.num_train=2",
+                           "dataloader.setup.num_val=2"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=600)
+    message, hint = proc.stderr.strip().splitlines()[-2:]
+    assert proc.returncode == 2 and hint == "(--debug shows the traceback)", proc.stderr[-3000:]
+    assert expected.format(weights=weights) in message and "<state dict>" not in message, message

@@ -6,7 +6,8 @@ import pytest
 from mmengine.config import Config
 from mmengine.fileio import get_file_backend
 from mmengine.fileio.backends import LocalBackend
-from mmengine.runner.checkpoint import save_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, save_checkpoint
+from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_local
 
 import eva02.seg  # noqa: F401  (registers the backend)
 from eva02.seg.hooks import AtomicLocalBackend
@@ -18,6 +19,7 @@ SEG_CONFIGS = sorted(str(p) for d in ("ade20k", "coco_stuff", "demo") for p in (
 
 def test_importing_eva02_seg_keeps_mmengines_local_backend(tmp_path):
     assert type(get_file_backend(str(tmp_path / "iter_1.pth"))) is LocalBackend
+    assert CheckpointLoader._schemes[""] is mmengine_load_from_local  # tools/train_seg.py names files in errors
 
 
 @pytest.mark.parametrize("config", SEG_CONFIGS, ids=lambda p: Path(p).stem)
