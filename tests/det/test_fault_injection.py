@@ -1,13 +1,13 @@
-"""SIGKILL a short detection training run (inside a checkpoint write, or at a random iteration), resume it, and
-check that it ends exactly where the uninterrupted run ends: weights, EMA, and the loss and lr of every
-iteration (tools/train_det.py as a user runs it, one process, num_workers=0)."""
+"""SIGKILL a short detection training run (inside a checkpoint write, or at a seeded iteration), resume it, and
+check that the resumed process starts after the saved iteration, trains only the rest, and ends exactly where the
+uninterrupted run ends: weights, EMA, and the loss and lr of every iteration (tools/train_det.py as a user runs
+it, one process, num_workers=0)."""
 import json
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,8 @@ def _command(tmp_path, out) -> list[str]:
             "model.roi_heads.batch_size_per_image=16"]
 
 
-def _start(tmp_path, out, *prefix, resume=False):
+def _start(tmp_path, out, *fault, resume=False):
+    prefix = [str(ROOT / "tests/faults.py"), *fault] if fault else []
     args = [*prefix, str(ROOT / "tools/train_det.py"), *(["--resume"] if resume else []), *_command(tmp_path, out)]
     return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"})
@@ -39,10 +40,18 @@ def _finish(proc) -> str:
     return log
 
 
-def _per_iteration(out) -> dict[int, dict]:
-    """The last logged loss and lr of each iteration (a resumed run logs the redone iterations again)."""
+def _killed(proc) -> str:
+    """What faults.py announced: where the kill went (and the seed that replays it)."""
+    log, _ = proc.communicate(timeout=600)
+    where = re.search(r"^faults: .*", log, re.M).group(0)
+    assert proc.returncode == -signal.SIGKILL, f"{where}: not killed\n{log[-3000:]}"
+    return where
+
+
+def _per_iteration(metrics: str) -> dict[int, dict]:
+    """The last logged loss and lr of each iteration in metrics.json lines (a resumed run logs redone ones again)."""
     rows = {}
-    for line in (out / "metrics.json").read_text().splitlines():
+    for line in metrics.splitlines():
         row = json.loads(line)
         if "total_loss" in row:
             rows[row["iteration"]] = {"total_loss": row["total_loss"], "lr": row["lr"]}
@@ -56,41 +65,38 @@ def uninterrupted(tmp_path_factory):
     return tmp / "out"
 
 
-def _kill_inside_second_checkpoint_write(tmp_path, out):
-    proc = _start(tmp_path, out, str(ROOT / "tests/kill_during_save.py"), "2", r"^model_\d+\.pth$")
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+def _kill_inside_second_checkpoint_write(tmp_path, out) -> str:
+    proc = _start(tmp_path, out, "write", "2", r"^model_\d+\.pth$")
+    where = _killed(proc)
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"  # the torn write never took its place
     assert [p.name for p in out.iterdir() if ".tmp." in p.name] == [".model_0000003.pth.tmp." + str(proc.pid)]
-    return "inside the write of model_0000003.pth", True
+    return where
 
 
-def _kill_at_a_random_iteration(tmp_path, out):
-    stop_at = random.randint(1, MAX_ITER - 2)
-    proc = _start(tmp_path, out)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "metrics.json").exists() and max(_per_iteration(out), default=-1) >= stop_at:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
-    return f"after iteration {stop_at} was logged", False
+def _kill_at_a_seeded_iteration(tmp_path, out) -> str:
+    # once iteration 1..3 is logged: the checkpoint after iteration 1 exists, the final one is not reached
+    return _killed(_start(tmp_path, out, "step", "1", str(MAX_ITER - 3), str(out / "metrics.json"), "iteration"))
 
 
-@pytest.mark.parametrize("kill", [_kill_inside_second_checkpoint_write, _kill_at_a_random_iteration],
-                         ids=["during-checkpoint-write", "random-iteration"])
+@pytest.mark.parametrize("kill", [_kill_inside_second_checkpoint_write, _kill_at_a_seeded_iteration],
+                         ids=["during-checkpoint-write", "seeded-iteration"])
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, kill):
     out = tmp_path / "out"
-    where, left_a_temporary_file = kill(tmp_path, out)
+    where = kill(tmp_path, out)
+    saved = int(re.fullmatch(r"model_(\d+)\.pth", (out / "last_checkpoint").read_text()).group(1))
+    left_a_temporary_file = any(".tmp." in p.name for p in out.iterdir())
+    logged_before = (out / "metrics.json").read_text()  # the resumed process appends its own lines
     log = _finish(_start(tmp_path, out, resume=True))
-    assert not [p.name for p in out.iterdir() if ".tmp." in p.name], f"killed {where}: temporary file left"
-    assert ("temporary file(s) of killed checkpoint writes" in log) is left_a_temporary_file
+    assert f"Starting training from iteration {saved + 1}\n" in log, f"{where}: not resumed after iteration {saved}"
+    trained = sorted(_per_iteration((out / "metrics.json").read_text()[len(logged_before):]))
+    assert trained == list(range(saved + 1, MAX_ITER)), f"{where}: the resumed run trained iterations {trained}"
+    assert not [p.name for p in out.iterdir() if ".tmp." in p.name], f"{where}: temporary file left"
+    assert ("temporary file(s) of killed checkpoint writes" in log) is left_a_temporary_file, where
 
-    assert _per_iteration(out) == _per_iteration(uninterrupted), f"killed {where}: losses or lr differ"
+    resumed, reference = (_per_iteration((d / "metrics.json").read_text()) for d in (out, uninterrupted))
+    assert resumed == reference, f"{where}: losses or lr differ"
     final, reference = (torch.load(d / "model_final.pth", weights_only=True) for d in (out, uninterrupted))
     for part in ("model", "ema_state"):
         assert final[part].keys() == reference[part].keys()
         for key, value in reference[part].items():
-            assert torch.equal(final[part][key], value), f"killed {where}: {part} {key} differs"
+            assert torch.equal(final[part][key], value), f"{where}: {part} {key} differs"

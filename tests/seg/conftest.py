@@ -106,11 +106,9 @@ def shrunk_config():
 def run_tool():
     """Run a tools/*.py script in a subprocess from the repo root; returns the CompletedProcess (asserts rc 0)."""
 
-    def run(script, *args, env=None, check=True, launcher=None):
+    def run(script, *args, env=None, check=True):
         cmd = [sys.executable, str(REPO / "tools" / script), *map(str, args)]
-        if launcher:
-            cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, *cmd[1:]]
-        full_env = {**os.environ, "OMP_NUM_THREADS": "1" if launcher else "2", **(env or {})}
+        full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
         proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
         if check and proc.returncode != 0:
             raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
