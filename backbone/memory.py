@@ -15,7 +15,8 @@ What a fake tensor cannot know, the trace supplies:
   "no problem found" (`True`, and zero for counts of invalid values or overflow flags). The names of the
   operators that needed this are listed in the result, so an estimate says where it is an upper bound.
 
-Targets. "cpu" counts exact storage sizes, as PyTorch's CPU allocator asks for them. "cuda" rounds every
+Targets. "cpu" counts exact storage sizes, as PyTorch's CPU allocator asks for them, and the copies a transposed
+convolution's CPU kernel makes inside (see `MemoryTrace.__torch_dispatch__`). "cuda" rounds every
 block up to 512 bytes, as the CUDA caching allocator does, and makes `scaled_dot_product_attention` pick the
 kernel a GPU would (flash for 16-bit inputs, memory-efficient for fp32), whose saved tensors differ from the
 CPU kernel's. Everything runs on the CPU: a GPU is not needed and not used.
@@ -144,9 +145,13 @@ class MemoryTrace(TorchDispatchMode):
             self._sizes[key] = size
             self.now += size
             weakref.finalize(storage, self._free, key)
-        self.peak = max(self.peak, self.now)
+        self._reach(self.now)
+
+    def _reach(self, nbytes: int) -> None:
+        """Memory in use was `nbytes` at some moment: raise the peaks."""
+        self.peak = max(self.peak, nbytes)
         for name in self._phases:
-            self.phase_peaks[name] = max(self.phase_peaks[name], self.now)
+            self.phase_peaks[name] = max(self.phase_peaks[name], nbytes)
 
     def _free(self, key: int) -> None:
         self.now -= self._sizes.pop(key)
@@ -263,6 +268,17 @@ class MemoryTrace(TorchDispatchMode):
                     self._values[fake] = value
         for t in outs:
             self.track(t)
+        if self.target == "cpu" and func is aten.convolution.default and args[6]:  # args[6]: transposed
+            # A transposed convolution on the CPU (oneDNN; the mask head's 2x upsampling, the feature pyramid's)
+            # computes into a buffer of oneDNN's own blocked layout, copies it into a dense tensor, and that once
+            # more into the contiguous output: two output-sized buffers beside the output, allocated by the
+            # kernel through PyTorch's CPU allocator and freed before it returns. The fake kernel allocates the
+            # output alone. With 200 RoIs of a 64-channel mask head (the demo detector's inference) that is
+            # 2 x 38 MiB at its peak. Not counted: oneDNN first reorders the input and the weight into its layout
+            # as well, which shows where the weight is large against the output (a B feature pyramid's
+            # deconvolution of one image: 4 MB more). A GPU has none of these copies: cuDNN reads and writes the
+            # NCHW tensors directly.
+            self._reach(self.now + 2 * outs[0].untyped_storage().nbytes())
         return out
 
 

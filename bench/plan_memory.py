@@ -5,32 +5,33 @@ On the CPU (default) the reference is PyTorch's CPU allocator, read from the pro
 planner's CUDA target (512-byte blocks, the GPU's attention kernel). Each row runs a config's real training step
 (two steps: the second with the optimizer state) or inference, as tools/plan_memory.py traces it.
 
+CASES are the rows of README's error table with the CPU ratio this script printed for each; the tests
+(tests/backbone/test_memory.py) hold every row to its ratio, the `slow` ones under `-m slow`.
+
 Usage: python bench/plan_memory.py [--device cpu|cuda] [--paper]
---paper adds the paper's B configs at 256 px (Cascade Mask R-CNN training: minutes per row on a CPU).
+--paper adds the slow rows, the paper's B configs: minutes for inference, half an hour per training row on 2 cores.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
-from detectron2.config import LazyConfig
-from mmengine.config import Config
 
 from eva02.backbone import create_trv
-from eva02.backbone.memory import estimate_memory, measure_peak
-from eva02.det.memory import detector_step
-from eva02.seg.memory import segmentor_step
+from eva02.backbone.memory import MemoryEstimate, estimate_memory, measure_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trv_step(size: int):
+def trv_step(size: int, checkpointing: bool = False):
     def build():
-        return create_trv("eva02_Ti", depth=4, patch_size=16, img_size=size, window_size=4,
-                          global_blocks=(1, 3)).train()
+        return create_trv("eva02_Ti", depth=4, patch_size=16, img_size=size, window_size=4, global_blocks=(1, 3),
+                          use_checkpoint=checkpointing).train()
 
     def run(model, phase):
         optimizer = torch.optim.AdamW(model.parameters())
@@ -42,46 +43,86 @@ def trv_step(size: int):
     return build, run
 
 
-def cases(paper: bool):
-    """(name, (build, run), whether tools/plan_memory.py traces it on a fake GPU for a GPU target: detector
-    inference, so that detectron2's GPU code paths are taken; training is traced on the CPU device)."""
-    det = lambda path: LazyConfig.load(str(ROOT / path))  # noqa: E731
-    seg = lambda path: Config.fromfile(str(ROOT / path))  # noqa: E731
-    yield "TrV Ti (4 blocks) training, 2 x 256 px", trv_step(256), False
-    yield "demo detector training, 2 x 128 px, 10 objects", detector_step(det("configs/demo/eva02_Ti_det.py"), 2,
-                                                                          128, True, objects=10), False
-    yield ("demo detector inference, 2 x 128 px", detector_step(det("configs/demo/eva02_Ti_det.py"), 2, 128, False),
-           True)
-    yield ("B bsl detector inference, 1 x 256 px", detector_step(det("configs/coco/eva02_B_bsl.py"), 1, 256, False),
-           True)
-    yield "demo UperNet training, 2 x 128 px, 5 classes", segmentor_step(seg("configs/demo/eva02_Ti_seg.py"), 2, 128,
-                                                                         True, classes=5), False
-    yield ("demo UperNet inference, 2 x 128 px", segmentor_step(seg("configs/demo/eva02_Ti_seg.py"), 2, 128, False),
-           False)
-    if paper:
-        yield "B bsl detector training, 1 x 256 px, 20 objects", detector_step(det("configs/coco/eva02_B_bsl.py"), 1,
-                                                                               256, True, objects=20), False
-        yield "B UperNet training, 1 x 256 px, 20 classes", segmentor_step(
-            seg("configs/ade20k/upernet_eva02_B_512.py"), 1, 256, True, classes=20), False
+def det_step(config: str, *args, **kwargs):
+    from detectron2.config import LazyConfig
+
+    from eva02.det.memory import detector_step
+    return detector_step(LazyConfig.load(str(ROOT / config)), *args, **kwargs)
+
+
+def seg_step(config: str, *args, narrow: bool = False, **kwargs):
+    """narrow: the config shrunk as the segmentation tests shrink it (tests/seg/conftest.py), at 64 px crops."""
+    from mmengine.config import Config
+
+    from eva02.seg.memory import segmentor_step
+    cfg = Config.fromfile(str(ROOT / config))
+    if narrow:
+        spec = importlib.util.spec_from_file_location("seg_test_configs", ROOT / "tests/seg/conftest.py")
+        conftest = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(conftest)
+        cfg = conftest.shrink(cfg, "unused", crop=64)
+    return segmentor_step(cfg, *args, **kwargs)
+
+
+class Case(NamedTuple):
+    """A row of README's table. step: () -> (build, run), the configs loaded when the row runs. ratio: estimate /
+    measured on the CPU, as this script printed it. slow: its real step takes minutes on 2 cores (`--paper`).
+    gpu_trace: tools/plan_memory.py traces it on a fake GPU for a GPU target (detector inference, so that
+    detectron2's GPU code paths are taken; training is traced on the CPU device)."""
+
+    name: str
+    step: Callable[[], tuple]
+    ratio: float
+    slow: bool = False
+    gpu_trace: bool = False
+
+
+DEMO_DET, B_DET = "configs/demo/eva02_Ti_det.py", "configs/coco/eva02_B_bsl.py"
+DEMO_SEG = "configs/demo/eva02_Ti_seg.py"
+CASES = (
+    Case("TrV Ti (4 blocks) training, 2 x 256 px", lambda: trv_step(256), 1.000),
+    Case("TrV Ti (4 blocks) training, checkpointing, 2 x 256 px", lambda: trv_step(256, checkpointing=True), 1.000),
+    Case("demo detector training, 2 x 128 px, 10 objects", lambda: det_step(DEMO_DET, 2, 128, True, objects=10),
+         1.010),
+    Case("demo detector inference, 2 x 128 px", lambda: det_step(DEMO_DET, 2, 128, False), 1.000, gpu_trace=True),
+    Case("demo UperNet training, 2 x 128 px, 5 classes", lambda: seg_step(DEMO_SEG, 2, 128, True, classes=5), 0.887),
+    Case("demo UperNet inference, 2 x 128 px", lambda: seg_step(DEMO_SEG, 2, 128, False), 0.934),
+    Case("narrow Mask2Former training, 2 x 64 px, 5 classes",
+         lambda: seg_step("configs/ade20k/mask2former_eva02_L_640.py", 2, 64, True, classes=5, narrow=True), 1.004),
+    Case("B bsl detector inference, 1 x 256 px", lambda: det_step(B_DET, 1, 256, False), 1.000, slow=True,
+         gpu_trace=True),
+    Case("B bsl detector training, 1 x 256 px, 20 objects", lambda: det_step(B_DET, 1, 256, True, objects=20),
+         1.093, slow=True),
+    Case("B UperNet training, 1 x 256 px, 20 classes",
+         lambda: seg_step("configs/ade20k/upernet_eva02_B_512.py", 1, 256, True, classes=20), 1.000, slow=True),
+)
+
+
+def measure(case: Case, device: str = "cpu") -> tuple[MemoryEstimate, int]:
+    """The planner's estimate of the case's step (for the device's target) and its measured peak, in bytes."""
+    build, run = case.step()
+    target = "cuda" if device == "cuda" else "cpu"
+    estimate = estimate_memory(build, run, target=target, device="cuda" if case.gpu_trace and target == "cuda"
+                               else "cpu")
+    torch.manual_seed(0)
+    return estimate, measure_peak(build, run, device=device)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--paper", action="store_true", help="add the paper's B configs at 256 px (slow on a CPU)")
+    parser.add_argument("--paper", action="store_true", help="add the slow rows, the paper's B configs")
     args = parser.parse_args(argv)
-    target = "cuda" if args.device == "cuda" else "cpu"
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"planner estimate vs measured peak ({device_name}, torch {torch.__version__})")
-    print(f"{'case':<52} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6}")
-    for name, (build, run), gpu_trace in cases(args.paper):
+    print(f"{'case':<56} {'estimate MiB':>12} {'measured MiB':>12} {'ratio':>6}")
+    for case in CASES:
+        if case.slow and not args.paper:
+            continue
         start = time.perf_counter()
-        estimate = estimate_memory(build, run, target=target, device="cuda" if gpu_trace and target == "cuda"
-                                   else "cpu").peak
-        torch.manual_seed(0)
-        measured = measure_peak(build, run, device=args.device)
-        print(f"{name:<52} {estimate / 2**20:12.1f} {measured / 2**20:12.1f} {estimate / measured:6.3f}"
-              f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+        estimate, measured = measure(case, args.device)
+        print(f"{case.name:<56} {estimate.peak / 2**20:12.1f} {measured / 2**20:12.1f} "
+              f"{estimate.peak / measured:6.3f}   ({time.perf_counter() - start:.0f} s)", flush=True)
     return 0
 
 

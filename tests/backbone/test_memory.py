@@ -1,14 +1,17 @@
 """The fake-tensor memory trace (eva02.backbone.memory) against closed forms and against the CPU allocator's own
 records of the same code run for real (measure_peak: the profiler's allocation events)."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from eva02.backbone import create_trv
 from eva02.backbone.memory import (CUDA_OVERHEAD_BYTES, FRAGMENTATION, MemoryEstimate, estimate_memory,
                                    largest_fitting, measure_peak)
 
 MB = 1_000_000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def peak_of(run, target="cpu", attention="auto", build=lambda: torch.nn.Identity()):
@@ -93,24 +96,35 @@ def test_largest_fitting_closed_form():
     assert largest_fitting(estimate_for, CUDA_OVERHEAD_BYTES)[0] == 0
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_trv_training_step_matches_cpu_allocator(checkpointing):
-    """A TrV forward + backward + AdamW step: the trace against the CPU allocator's records of the real run.
-    (At 256 px activations dominate; at 128 px the peak is in the optimizer step, where the CPU's foreach
-    fallback allocates inside the kernel, out of the trace's sight: 10% under there.)"""
-    def build():
-        torch.manual_seed(0)
-        return create_trv("eva02_Ti", depth=4, patch_size=16, img_size=256, window_size=4, global_blocks=(1, 3),
-                          use_checkpoint=checkpointing).train()
-
+def test_cpu_transposed_convolution_counts_the_kernels_copies():
+    """oneDNN's transposed convolution holds two output-sized copies of its result beside the output (the demo
+    detector's mask head on 200 RoIs): the CPU target against the allocator's records of the same call."""
     def run(model, phase):
-        optimizer = torch.optim.AdamW(model.parameters())
-        for _ in range(2):
-            out = model(torch.randn(2, 3, 256, 256))
-            out.float().square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        with torch.no_grad():
+            model(torch.empty(200, 64, 14, 14))
 
-    est = estimate_memory(build, run, target="cpu").peak
-    measured = measure_peak(build, run)
-    assert abs(est / measured - 1) < 0.05, (est, measured)
+    def build():
+        return torch.nn.ConvTranspose2d(64, 64, 2, stride=2)
+
+    assert estimate_memory(build, run, target="cpu").peak == measure_peak(build, run)
+
+
+# README's planner error table: its rows and stated ratios are bench/plan_memory.py's CASES.
+_spec = importlib.util.spec_from_file_location("plan_memory_bench", ROOT / "bench/plan_memory.py")
+BENCH = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(BENCH)
+# The estimate is deterministic and the measured peak repeats to the byte on one machine (1 or 2 threads alike);
+# the kernels' own buffers move it between installs (the B detector's training peak measured 0.5% apart on two
+# days). 0.02 lets that through; a README figure that no longer holds fails.
+RATIO_TOLERANCE = 0.02
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else [])
+                                  for c in BENCH.CASES])
+def test_error_table_row(case):
+    """Each row of the table: the trace against the CPU allocator's records of the same step run for real, at
+    the ratio the README states for it."""
+    estimate, measured = BENCH.measure(case)
+    assert abs(estimate.peak / measured - case.ratio) <= RATIO_TOLERANCE, (estimate.peak, measured, case.ratio)
+    if "training step" in estimate.phases:  # a training row: the second step runs with the optimizer state
+        assert estimate.phases["training step"] > estimate.phases["first step"]
