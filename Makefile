@@ -22,11 +22,12 @@ test-all: install
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The main job: detection demo (train + COCO eval + drawn predictions), the evaluator check on a real
-# annotated photo, then the segmentation demo.
+# annotated photo, then the segmentation demo, its TrV started from the detection demo's.
 demo: install
 	$(PY) tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
 	$(PY) tools/check_det_eval.py --output output/voc_photo_eval
-	$(PY) tools/train_seg.py --config-file configs/demo/eva02_Ti_seg.py --output output/demo/seg
+	$(PY) tools/train_seg.py --config-file configs/demo/eva02_Ti_seg.py --output output/demo/seg \
+	    model.backbone.pretrained=output/demo_det/model_final.pth
 	$(PY) tools/infer_seg.py --config-file configs/demo/eva02_Ti_seg.py --weights "$$(cat output/demo/seg/last_checkpoint)" \
 	    --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
 

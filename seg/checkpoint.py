@@ -52,14 +52,19 @@ def rename_official_pyramid(sd: dict[str, torch.Tensor], prefix: str = "") -> di
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_only: bool = True,
                           strict: bool = True) -> LoadReport:
     """Load a backbone (`EVA02`) from any TrV layout, or from a whole segmentor checkpoint (ours or official),
-    whose pyramid is then loaded too. With `strict`, a TrV weight left unloaded, a TrV-looking checkpoint key
-    the model lacks, or a pyramid left half loaded is an error (IncompleteCheckpointError)."""
+    whose pyramid is then loaded too, or from a detector (its cls token then starts at its init, as the pyramid of
+    a backbone-only checkpoint does). With `strict`, a TrV weight left unloaded, a TrV-looking checkpoint key the
+    model lacks, or a pyramid left half loaded is an error (IncompleteCheckpointError)."""
     sd, source = read_weights(path, weights_only)
     sd = rename_official_pyramid(sd, "backbone." if any(k.startswith("backbone.") for k in sd) else "")
     report = load_checkpoint(backbone, sd, source=source)
     # A backbone-only checkpoint (MIM, p14to16) has no pyramid: it starts fresh, as in every official run.
     has_pyramid = any(k.startswith("pyramid.") for k in report.loaded)
     missing = [k for k in report.missing if has_pyramid or not k.startswith("pyramid.")]
+    # A detection backbone (detectron2's ViT, e.g. the detection demo's) has no cls token: ours keeps its init.
+    if "cls_token" in missing:
+        missing.remove("cls_token")
+        report.converted.append("cls_token: none in the checkpoint (a detection backbone?), kept at its init")
     if strict:
         check_complete(source, missing, report.unexpected, "set the backbone's strict_pretrained=False")
     return report

@@ -169,13 +169,19 @@ class TimmTeacher(FrozenTeacher):
 
 
 def build_teacher(spec: str, weights: str | None = None, num_heads: int | None = None,
-                  weights_only: bool = True) -> FrozenTeacher:
+                  weights_only: bool = True, img_size: int | None = None) -> FrozenTeacher:
     """A checkpoint path -> TrVTeacher; otherwise a timm model name (optionally `timm:NAME`) whose weights come
-    from the local file `weights` (never downloaded)."""
+    from the local file `weights` (never downloaded), built for `img_size` inputs where the model takes a size
+    (timm's ViTs fix theirs at construction)."""
     if os.path.isfile(spec):
         return TrVTeacher.from_checkpoint(spec, num_heads, weights_only)
     name = spec[len("timm:"):] if spec.startswith("timm:") else spec
     if weights is None:
         raise FileNotFoundError(f"teacher {spec!r} is not a checkpoint file; as a timm model name it needs a local "
                                 "weights file (--teacher-weights), nothing is downloaded")
+    if img_size is not None:
+        try:
+            return TimmTeacher(name, weights, weights_only, img_size=img_size)
+        except TypeError:  # a model without an input size (CNNs): any size runs
+            pass
     return TimmTeacher(name, weights, weights_only)

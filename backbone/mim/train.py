@@ -114,7 +114,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     min_lr = min(min_lr, base_lr)
 
     if teacher is None:
-        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_heads, cfg.weights_only)
+        teacher = build_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_heads, cfg.weights_only,
+                                cfg.input_size)
     teacher = teacher.to(device)
     grid = (cfg.input_size // 14,) * 2
     probe = teacher(torch.zeros(1, 3, cfg.input_size, cfg.input_size, device=device), grid, amp_dtype)

@@ -1,12 +1,15 @@
-# Segmentation demo: EVA-02-Ti (full depth, from scratch) + UperNet on a generated shapes dataset (ADE layout,
-# reduce_zero_label), a few minutes on 2 CPU cores. The data is written under $SHAPES_ROOT on first use.
-#   .venv/bin/python tools/train_seg.py --config-file configs/demo/eva02_Ti_seg.py --output output/demo/seg
+# Segmentation demo: EVA-02-Ti + UperNet on a generated shapes dataset (ADE layout, reduce_zero_label), a few
+# minutes on 2 CPU cores. The data is written under $SHAPES_ROOT on first use. `make demo` starts the TrV from the
+# backbone the detection demo has just trained (one TrV across frameworks; its cls token starts at its init):
+#   .venv/bin/python tools/train_seg.py --config-file configs/demo/eva02_Ti_seg.py --output output/demo/seg \
+#       model.backbone.pretrained=output/demo_det/model_final.pth
 #   .venv/bin/python tools/infer_seg.py --config-file configs/demo/eva02_Ti_seg.py \
 #       --weights $(cat output/demo/seg/last_checkpoint) \
 #       --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
+# Without the override the TrV starts from scratch (the earlier from-scratch demo reached 60.6 mIoU, triangles 0).
 # Same model code and optimizer constructor as the paper configs; only sizes and schedule are demo-sized.
-# Measured (2 cores, seed 0): 60.6 mIoU (95.5 pixel accuracy) on the 50 validation images after 200 iterations,
-# about 1.5 minutes of training.
+# Measured 2026-12-03 (2 cores, seed 0, from the detection demo): 93.9 mIoU on the 50 validation images, every class
+# IoU >= 89 (tests/test_demo.py asserts >= 85 and >= 70), 320 iterations in about 2.5 minutes on an idle machine.
 _base_ = [
     "../_base_/models/upernet_eva02.py", "../_base_/datasets/ade20k.py",
     "../_base_/default_runtime.py", "../_base_/schedules/layer_decay_poly.py",
@@ -29,8 +32,10 @@ model = dict(
         norm_cfg=norm_cfg,
         drop_path_rate=0.0,
     ),
-    decode_head=dict(in_channels=[embed_dim] * 4, channels=64, num_classes=num_classes, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=embed_dim, channels=32, num_classes=num_classes, norm_cfg=norm_cfg),
+    # 128 / 64 head channels (and lr 6e-4): at 64 / 32 and lr 1.5e-3 the head's features on the smallest class
+    # (triangles) collapsed to zero, its logits stayed at the biases and it was never predicted (IoU 0)
+    decode_head=dict(in_channels=[embed_dim] * 4, channels=128, num_classes=num_classes, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=embed_dim, channels=64, num_classes=num_classes, norm_cfg=norm_cfg),
     test_cfg=dict(mode="whole"),
 )
 
@@ -84,14 +89,14 @@ tta_pipeline = [  # mmseg's multi-scale + flip test (plain rescaling: the shapes
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 
-# From scratch: a higher lr and a mild layer decay (decay protects pre-trained lower layers; there are none here).
+# A higher lr than the paper's (heads from scratch, a backbone trained for a few minutes) and a mild layer decay.
 # The paper configs' fp16 AMP wrapper; tools/train_seg.py trains in fp32 where no GPU exists.
 optim_wrapper = dict(
     type="AmpOptimWrapper", dtype="float16", loss_scale="dynamic",
-    optimizer=dict(lr=1.5e-3),
+    optimizer=dict(lr=6e-4),
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.95),
 )
-max_iters = 200
+max_iters = 320
 warmup_iters = 20
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
@@ -100,7 +105,7 @@ param_scheduler = [
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=100, max_keep_ckpts=2, save_best="mIoU"),
+    checkpoint=dict(interval=160, max_keep_ckpts=2, save_best="mIoU"),
 )
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)

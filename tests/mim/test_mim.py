@@ -128,6 +128,20 @@ def test_timm_teacher_from_local_file(tmp_path):
         TimmTeacher("vit_tiny_patch16_224", tmp_path / "wrong.pth", img_size=112)
 
 
+
+def test_command_line_tool_with_a_timm_teacher(tmp_path, image_folder):
+    """The README's timm-teacher form: --teacher NAME --teacher-weights FILE, nothing downloaded."""
+    timm = pytest.importorskip("timm")
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112).state_dict(),
+               tmp_path / "vit.pth")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
+           "--teacher", "vit_tiny_patch16_224", "--teacher-weights", str(tmp_path / "vit.pth"),
+           "--data", str(image_folder), "--output", str(tmp_path / "run"), "--input-size", "112", "--batch-size", "2",
+           "--max-steps", "1", "--workers", "0", "--arch", "depth=2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(open(tmp_path / "run" / "log.jsonl").readlines()) == 1
+
 # ---------------------------------------------------------------- data
 def test_corrupt_images_are_reported_and_skipped(tmp_path, caplog):
     folder = tmp_path / "imgs"
@@ -313,7 +327,7 @@ def test_command_line_tool(tmp_path, image_folder, teacher_ckpt):
     cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
            "--teacher", str(teacher_ckpt), "--data", str(image_folder), "--output", str(out),
            "--input-size", "112", "--batch-size", "4", "--accum-steps", "2", "--max-steps", "3", "--workers", "1",
-           "--lr", "1e-3",
+           "--lr", "1e-3", "--amp", "bf16",
            "--arch", "depth=2", "--export"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

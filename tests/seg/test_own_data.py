@@ -255,7 +255,7 @@ def test_test_and_infer_on_own_data(own, finetuned, run_tool, tmp_path):
     whole = (inputs / "v1.jpg").read_bytes()
     (inputs / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     proc = run_tool("infer_seg.py", "--config-file", config, "--data", data, "--weights", ckpt, "--input", inputs,
-                    "--output", tmp_path / "out", "--batch-size", "2", check=False)
+                    "--output", tmp_path / "out", "--batch-size", "2", "--tta", check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [Path(r["file_name"]).name for r in results["unreadable_files"]] == ["truncated.jpg"]
