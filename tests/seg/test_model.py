@@ -94,6 +94,7 @@ def test_multiscale_flip_inference_shape(repo, shapes_root, shrunk_config, tmp_p
     cfg, model = shrunk_model(repo, "configs/ade20k/upernet_eva02_B_512.py", shapes_root, shrunk_config)
     path = str(tmp_path / "wide.jpg")
     cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (70, 110, 3), dtype=np.uint8))
+    model.test_cfg.mode = "whole"  # the TTA pipeline is under test; slide crops of the 12 inputs took minutes
     tta = MODELS.build(dict(type="SegTTAModel", module=model))
     pipeline = cfg.tta_pipeline
     scales, flips, _load_annotations, pack = pipeline[1].transforms
