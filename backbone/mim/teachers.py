@@ -182,6 +182,7 @@ def build_teacher(spec: str, weights: str | None = None, num_heads: int | None =
     if img_size is not None:
         try:
             return TimmTeacher(name, weights, weights_only, img_size=img_size)
-        except TypeError:  # a model without an input size (CNNs): any size runs
-            pass
+        except TypeError as e:  # a model without an input size (CNNs) runs at any size; other errors propagate
+            if "img_size" not in str(e):
+                raise
     return TimmTeacher(name, weights, weights_only)
