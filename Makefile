@@ -1,4 +1,4 @@
-# make install: the full pinned stack in .venv (cached outside the clone, see tools/install.sh)
+# make install: .venv with this checkout's eva02 on the shared pinned stack (tools/install.sh, tools/build_env.sh)
 # make test:    the test suite (installs first if needed)
 # make demo:    the main job on the embedded default data (installs first if needed)
 PY := .venv/bin/python

@@ -2,7 +2,7 @@
 
 `backbone/`, `det/` and `seg/` install as `eva02.backbone`, `eva02.det` and `eva02.seg`, so nothing
 generic lands at the top of site-packages. `pip install -e .` needs only torch; the extras add the
-frameworks. `make install` builds the full pinned stack (mmcv with ops, detectron2), see README.
+frameworks. `make install` builds the full pinned stack (mmcv with ops, detectron2), see docs/install.md.
 """
 from setuptools import setup
 
@@ -16,10 +16,10 @@ setup(
     package_dir={"eva02.backbone": "backbone", "eva02.det": "det", "eva02.seg": "seg"},
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
-        # detectron2 is not on the registry under its own name; `make install` installs it (see README).
+        # detectron2 is not on the registry under its own name; `make install` installs it (see docs/install.md).
         "det": ["fvcore", "iopath", "pycocotools", "lvis", "omegaconf", "hydra-core", "opencv-python",
                 "scipy", "matplotlib", "tqdm"],
-        # mmcv must be the full build with compiled ops; `make install` builds it (see README).
+        # mmcv must be the full build with compiled ops; `make install` builds it (see docs/install.md).
         "seg": ["mmengine==0.10.7", "mmsegmentation==1.2.2", "mmdet==3.3.0", "opencv-python", "tqdm"],
         "xformers": ["xformers"],
         "onnx": ["onnx", "onnxruntime"],  # tools/export_onnx.py

@@ -1,6 +1,6 @@
 """Loading every EVA-02 checkpoint layout into a TrV, and writing the official ones.
 
-Layouts read (reference section 5):
+Layouts read (docs/reference.md §5):
   - MIM pre-training (`eva02_*_pt_*_p14.pt`): DeepSpeed dict, weights under `module`.
   - `*_p14to16.pt`: the same keys with the 16x16 kernel, at the top level or under `model`.
   - released detectors (`eva02_*_{coco,lvis}_*.pth`): detectron2 state dict under `model`, backbone under

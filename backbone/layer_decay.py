@@ -37,8 +37,8 @@ def no_decay_rule(names: Iterable[str] = ()) -> Callable[[str, torch.Tensor], bo
     """A weight-decay exemption: 1-D parameters and biases always, plus parameters whose name ends in one of
     `names` (matched on the last component, so wrapper prefixes do not matter).
 
-    The official runs differ per task (reference §7): segmentation exempts only 1-D parameters and biases (its
-    constructor compared `backbone.`-prefixed names with 'pos_embed' / 'cls_token', so those WERE decayed in
+    The official runs differ per task (docs/reference.md §7): segmentation exempts only 1-D parameters and biases
+    (its constructor compared `backbone.`-prefixed names with 'pos_embed' / 'cls_token', so those WERE decayed in
     the published runs); MIM pre-training also exempts pos_embed and cls_token (the mask token is decayed)."""
     names = frozenset(names)
 

@@ -47,8 +47,8 @@ class TrVConfig:
 
     @property
     def packed(self) -> bool:
-        """The official layout of this variant (reference §7): Ti/S (no sub-LN) hold q/k/v as one `attn.qkv`
-        and w1/w2 as one xformers `mlp.w12` and are initialized as such; B/L keep them separate."""
+        """The official layout of this variant (docs/reference.md §7): Ti/S (no sub-LN) hold q/k/v as one
+        `attn.qkv` and w1/w2 as one xformers `mlp.w12` and are initialized as such; B/L keep them separate."""
         return not self.sub_ln
 
 
@@ -219,7 +219,7 @@ def compiled_block_call() -> Callable[..., torch.Tensor]:
     each module (nn.Module.compile) leaves the modules plain: deep copies (EMA), pickles and state dicts are
     unchanged, and every block of one kind (windowed, global) reuses the same compiled graph. Shapes are static:
     each input size gets kernels of its own (a training run meets one or two); kernels made for any size were
-    slower (bench/compile.py, README)."""
+    slower (bench/compile.py, docs/benchmarks.md)."""
     return torch.compile(call_block, dynamic=False)
 
 
@@ -300,11 +300,11 @@ class TrV(nn.Module):
     # ---------------------------------------------------------------- initialization
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Official EVA-02 pre-training initialization (reference §7): xavier normal for every Linear weight, over
-        the official layout's matrices (Ti/S: the fused (3C, C) qkv and the packed (2H, C) w1/w2; B/L: q, k, v,
-        w1, w2 each on its own), zero biases; xavier uniform for the patch kernel viewed 2-D, its bias left at
-        PyTorch's default; normal(0, 0.02) truncated at +-0.02 for position embedding and tokens; with sub-LN,
-        w1/w2/w3, proj and the v projection scaled by sqrt(ln(2 depth))."""
+        """Official EVA-02 pre-training initialization (docs/reference.md §4, §7): xavier normal for every Linear
+        weight, over the official layout's matrices (Ti/S: the fused (3C, C) qkv and the packed (2H, C) w1/w2;
+        B/L: q, k, v, w1, w2 each on its own), zero biases; xavier uniform for the patch kernel viewed 2-D, its
+        bias left at PyTorch's default; normal(0, 0.02) truncated at +-0.02 for position embedding and tokens;
+        with sub-LN, w1/w2/w3, proj and the v projection scaled by sqrt(ln(2 depth))."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_normal_(m.weight)

@@ -5,7 +5,7 @@ On the CPU (default) the reference is PyTorch's CPU allocator, read from the pro
 planner's CUDA target (512-byte blocks, the GPU's attention kernel). Each row runs a config's real training step
 (two steps: the second with the optimizer state) or inference, as tools/plan_memory.py traces it.
 
-CASES are the rows of README's error table with the CPU ratio this script printed for each; the tests
+CASES are the rows of docs/memory.md's error table with the CPU ratio this script printed for each; the tests
 (tests/backbone/test_memory.py) hold every row to its ratio, the `slow` ones under `-m slow`.
 
 Usage: python bench/plan_memory.py [--device cpu|cuda] [--paper]
@@ -65,8 +65,8 @@ def seg_step(config: str, *args, narrow: bool = False, **kwargs):
 
 
 class Case(NamedTuple):
-    """A row of README's table. step: () -> (build, run), the configs loaded when the row runs. ratio: estimate /
-    measured on the CPU, as this script printed it. slow: its real step takes minutes on 2 cores (`--paper`).
+    """A row of docs/memory.md's table. step: () -> (build, run), the configs loaded when the row runs.
+    ratio: estimate / measured on the CPU, as this script printed it. slow: its real step takes minutes on 2 cores (`--paper`).
     gpu_trace: tools/plan_memory.py traces it on a fake GPU for a GPU target (detector inference, so that
     detectron2's GPU code paths are taken; training is traced on the CPU device)."""
 

@@ -18,7 +18,7 @@ __all__ = ["apply_overrides", "load_config", "set_input_size", "set_head_width",
 
 
 def lsj_augmentations(size: int, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
-    """Large-scale jitter (reference §2): random flip, resize to 0.1-2.0 of the crop, fixed-size crop."""
+    """Large-scale jitter (docs/reference.md §2): random flip, resize to 0.1-2.0 of the crop, fixed-size crop."""
     return [
         L(T.RandomFlip)(horizontal=True),
         L(T.ResizeScale)(min_scale=min_scale, max_scale=max_scale, target_height=size, target_width=size),

@@ -2,7 +2,8 @@
 
 The decay rule is `eva02.backbone.layer_decay` (one rule for det and seg): layer id 0 for patch_embed /
 pos_embed, i + 1 for block i, depth + 1 for the pyramid and heads; lr = base_lr * rate ** (depth + 1 - id).
-Official EVA-02 detection applies weight decay to every parameter (norms and pos_embed too; reference §2).
+Official EVA-02 detection applies weight decay to every parameter (norms and pos_embed too;
+docs/reference.md §2).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The TrV as an mmseg backbone: features of `out_indices` blocks turned into a 4-level pyramid.
 
-Official EVA-02 segmentation layout (reference §7): a cls token (own position slot, no RoPE) runs through every
-block beside the patch tokens; the patch tokens of four blocks are rescaled x4 (deconv, BN, GELU, deconv), x2
+Official EVA-02 segmentation layout (docs/reference.md §7): a cls token (own position slot, no RoPE) runs through
+every block beside the patch tokens; the patch tokens of four blocks are rescaled x4 (deconv, BN, GELU, deconv), x2
 (deconv), x1 (identity) and x0.5 (max-pool), one level per block, all at the TrV width, so UperNet and Mask2Former
 see strides 4, 8, 16, 32 of the input. The class *is* a TrV (subclass), so its parameters sit under
 `backbone.blocks.N`, `backbone.patch_embed`, `backbone.pos_embed` in a segmentor: the names that

@@ -1,4 +1,4 @@
-"""Checkpoints into EVA-02 segmentors: this project's own and the official release's (reference §7).
+"""Checkpoints into EVA-02 segmentors: this project's own and the official release's (docs/reference.md §7).
 
 Official EVA-02 segmentation checkpoints (mmseg 0.x UperNet, `{"meta", "state_dict", ...}`) hold the TrV under
 `backbone.` with separate q/k/v, a cls token and RoPE buffers, the pyramid as `backbone.fpn1..fpn4`, and the

@@ -9,7 +9,7 @@ Config:
     )
 Layer ids (official): patch_embed / pos_embed / tokens -> 0, backbone.blocks.i -> i + 1, everything else
 (pyramid, heads) -> depth + 1; lr = base lr * rate ** (depth + 1 - layer id). No weight decay for 1-D
-parameters and biases; pos_embed and cls_token are decayed, as in the published runs (reference §7).
+parameters and biases; pos_embed and cls_token are decayed, as in the published runs (docs/reference.md §7).
 `paramwise_cfg.no_decay_names=("pos_embed", "cls_token")` exempts them too (what the official constructor meant
 to do), with or without the `backbone.` / `module.` prefix.
 """

@@ -3,7 +3,7 @@
 For a test scale (long, short) = (2048, 512) * ratio, the image is resized, aspect kept, so that its SHORT side is
 max(short, crop): ratios 0.5 and 0.75 evaluate at the crop size, and the long side is never capped. mmseg's
 `Resize(keep_ratio=True)` fits inside (long, short) instead, shrinking wide images and evaluating ratios below 1
-below the crop size; the published multi-scale numbers need the official rule (reference §7).
+below the crop size; the published multi-scale numbers need the official rule (docs/reference.md §7).
 """
 from __future__ import annotations
 

@@ -3,21 +3,20 @@ in onnxruntime as in PyTorch, on real photos (scikit-image's astronaut and chels
 one of which needs window padding."""
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tool_process import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| relative to the largest output value (measured: about 1e-6)
 
 
 def export_onnx(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/export_onnx.py"), *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+    return run_tool(ROOT / "tools/export_onnx.py", *args, timeout=600)
 
 
 @pytest.mark.parametrize("config", ["configs/demo/eva02_Ti_det.py", "configs/demo/eva02_Ti_seg.py"])

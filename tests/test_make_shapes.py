@@ -1,20 +1,18 @@
-"""tools/make_shapes.py as the README's walk-through runs it: both layouts, read back by pycocotools and from the
+"""tools/make_shapes.py as docs/own-data.md's walk-through runs it: both layouts, read back by pycocotools and from the
 label maps, and a bad class name refused in one line."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
+from tool_process import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_shapes(*args):
-    return subprocess.run([sys.executable, "tools/make_shapes.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return run_tool("tools/make_shapes.py", *args, cwd=ROOT, timeout=300)
 
 
 def test_coco_layout(tmp_path):

@@ -1,6 +1,6 @@
-"""The README's own-data walk-through, run as written (slow: it first trains the two demos it starts from).
+"""The own-data walk-through of docs/own-data.md, run as written (slow: it first trains the two demos it starts from).
 
-The block between the README's walk-through marker and the end of its code fence runs with bash in a fresh folder
+The block between the page's walk-through marker and the end of its code fence runs with bash in a fresh folder
 that links the repository's tools, configs, bench and .venv, so it writes nothing into the checkout. The short
 versions of each step run in the default suite: tests/det/test_own_data.py, tests/seg/test_own_data.py,
 tests/det/test_infer.py, tests/seg/test_tools.py.
@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "own-data.md"  # moved there from the README (issue 21)
 MARKER = "<!-- own-data walk-through"
 
 
 def walkthrough() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = PAGE.read_text()
     start = text.index("```bash\n", text.index(MARKER)) + len("```bash\n")
     return text[start:text.index("```\n", start)]
 

@@ -1,73 +1,41 @@
 #!/usr/bin/env bash
-# Builds the full eva02 environment into a cache folder keyed by a hash of everything that defines it,
-# and points .venv at it. Idempotent: a ready environment is reused in seconds.
-# Each step names itself; a failure says which step broke.
+# `make install`: this checkout's .venv, a small virtual environment of its own holding the editable install of
+# this checkout's eva02, layered (one .pth line) on the shared third-party environment that tools/build_env.sh
+# builds once per machine. Two clones therefore share torch/mmcv/detectron2 but each imports its own code, and
+# two installs at once do not touch each other's files. Idempotent: seconds when the shared environment exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
 
-TORCH=2.13.0 TORCHVISION=0.28.0 MMCV=2.1.0 MMSEG=1.2.2 MMDET=3.3.0 DETECTRON2=0.7.2
-KEY=$(cat tools/install.sh requirements/pinned.txt | sha256sum | cut -c1-16)
-CACHE=${EVA02_ENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eva02}
-VENV=$CACHE/venv-$KEY
+ENV=$(bash tools/build_env.sh)
+SITE=$("$ENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
-step() { CURRENT_STEP="$1"; echo "[install] $1"; }
-trap 'echo "[install] FAILED at step: ${CURRENT_STEP:-start} (log above)" >&2' ERR
-
-link_venv() {
-  if [ -L .venv ] || [ ! -e .venv ]; then ln -sfn "$VENV" .venv
-  else echo "[install] .venv exists and is not a link; move it away to use the cached environment" >&2; exit 1; fi
-}
-
-if [ -f "$VENV/.ready" ]; then
-  link_venv
-  step "editable install of eva02 (environment $KEY is ready)"
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-  exit 0
+if [ -L .venv ]; then rm .venv  # the earlier layout: a link to the shared environment itself
+elif [ -e .venv ] && [ ! -f .venv/eva02-shared-env ]; then
+  echo "[install] .venv exists and was not made by tools/install.sh; move it away and run make install again" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/eva02-shared-env 2>/dev/null)" != "$ENV" ]; then
+  echo "[install] .venv of this checkout, on the shared environment $ENV"
+  rm -rf .venv
+  "$ENV/bin/python" -m venv --without-pip .venv  # same base interpreter as the shared environment
+  LOCAL=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  # addsitedir (not a bare path) so the shared environment's own .pth files run too.
+  echo "import site; site.addsitedir('$SITE')" > "$LOCAL/eva02-shared-env.pth"
+  echo "$ENV" > .venv/eva02-shared-env
 fi
 
-step "create virtual environment $VENV"
-rm -rf "$VENV"; mkdir -p "$CACHE"
-"$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip)
-"${PIP[@]}" install -q --upgrade "pip<25"
+echo "[install] editable install of this checkout's eva02"
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+.venv/bin/python - "$ROOT" <<'PY'
+import sys
+from pathlib import Path
 
-# The machine's pip config offers a local CPU-only torch wheel; the registry's torchvision needs the
-# standard (CUDA) torch build, which also runs on a CPU-only machine. Point find-links at an empty folder.
-EMPTY=$(mktemp -d)
-export PIP_FIND_LINKS=$EMPTY
-step "torch==$TORCH + torchvision==$TORCHVISION (matched pair from the registry)"
-"${PIP[@]}" install -q "torch==$TORCH" "torchvision==$TORCHVISION"
-"$VENV/bin/python" -c "import torchvision.ops as o, torch; o.nms(torch.zeros(1,4), torch.ones(1), 0.5)"
-
-step "pinned pure-Python packages"
-"${PIP[@]}" install -q -r requirements/pinned.txt "torch==$TORCH"
-
-step "mmsegmentation==$MMSEG and mmdet==$MMDET (their own deps are in pinned.txt; mmcv is built below)"
-"${PIP[@]}" install -q --no-deps "mmsegmentation==$MMSEG" "mmdet==$MMDET"
-
-step "mmcv==$MMCV with CPU ops (compiled, ~5 min once; pip caches the wheel)"
-MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} CFLAGS="-DNDEBUG -g0 -fwrapv -O3" \
-  "${PIP[@]}" install -q --no-build-isolation --no-deps "mmcv==$MMCV"
-"$VENV/bin/python" -c "from mmcv.ops import soft_nms, point_sample; import mmseg, mmdet"
-
-# detectron2 is on the registry only as sal-detectron2 (upstream source, pure Python), tagged cp310:
-# fetch that file and install it under its honest py3-none-any name, without letting pip resolve its
-# numpy<2 pin.
-step "detectron2 (sal-detectron2==$DETECTRON2)"
-DL=$(mktemp -d)
-"${PIP[@]}" download -q --no-deps --only-binary=:all: --python-version 3.10 -d "$DL" "sal-detectron2==$DETECTRON2"
-WHL=$(ls "$DL"/*.whl)
-mv "$WHL" "$DL/$(basename "$WHL" | sed -E 's/-cp310-none-any|-cp310-cp310-[^.]+/-py3-none-any/')"
-"${PIP[@]}" install -q --no-deps "$DL"/*.whl
-"$VENV/bin/python" -c "import detectron2.modeling, detectron2.config"
-
-step "editable install of eva02"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import eva02.backbone, eva02.det, eva02.seg"
-
-touch "$VENV/.ready"
-link_venv
-echo "[install] ready: $VENV"
+import eva02.backbone, eva02.det, eva02.seg  # noqa: E401, F401 -- the full stack imports
+root = Path(sys.argv[1]).resolve()
+for name in ("eva02.backbone", "eva02.det", "eva02.seg"):
+    where = Path(sys.modules[name].__file__).resolve()
+    if root not in where.parents:
+        sys.exit(f"[install] {name} imports from {where}, outside this checkout {root}: remove that install")
+print(f"[install] ready: .venv imports eva02 from {root}")
+PY

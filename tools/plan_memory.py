@@ -15,7 +15,7 @@ with the config's settings and with activation checkpointing and AMP switched on
 change. Detection: --objects N ground-truth objects per image (default 100, the most a COCO image has) and
 --detections N per image at inference (default: the config's test_topk_per_image); segmentation: --classes N
 classes per crop (default 30). --attention: the attention kernel your GPU will use (auto: flash with AMP,
-memory-efficient in fp32). Estimates are within the error that the README states,
+memory-efficient in fp32). Estimates are within the error that docs/memory.md states,
 measured against real peaks.
 """
 from __future__ import annotations

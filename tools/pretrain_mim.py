@@ -128,7 +128,8 @@ def init_distributed() -> torch.device:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    # force: a library that configured the root logger when imported (lvis does) must not silence this run's log
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
     stem = args.export_name or f"{args.model}_mim"
     if args.export_only:
         ckpt = os.path.join(args.output, CHECKPOINT_NAME)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "Recipe", "RECIPES", "cosine_lr"]
 
-# Pre-training inputs use the CLIP mean / std (reference §4), for the student and the CLIP teacher alike.
+# Pre-training inputs use the CLIP mean / std (docs/reference.md §4), for the student and the CLIP teacher alike.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -2,7 +2,8 @@
 # The official release has no EVA-02 Mask2Former; this is mmseg's Mask2FormerHead on the same 4-level pyramid as
 # UperNet (../_base_/models/mask2former_eva02.py), with the head widths of the paper (1024).
 #
-# Where this departs from EVA-01's released Mask2Former configs (the closest evidence, reference §7), and why:
+# Where this departs from EVA-01's released Mask2Former configs (the closest evidence, docs/reference.md §7),
+# and why:
 #   queries      100, not 200: the Mask2Former paper's and mmseg's semantic setting; EVA-01's 200 went with its
 #                896 crops. Tables 35-36 give no number.
 #   adapter      none: the plain 4-level pyramid of the official EVA-02 UperNet (fpn1..fpn4), not EVA-01's

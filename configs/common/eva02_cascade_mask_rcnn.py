@@ -1,10 +1,10 @@
 """Shared base of every EVA-02 detection config: ViTDet Cascade Mask R-CNN with a TrV backbone.
 
 Each table's file states only its table's deltas (comments there name the table). Values here are the ones
-every table shares, or most do (comments name the tables; reference §2): simple feature pyramid p2-p6 at 256 channels with LN, 2-conv RPN,
-3-stage cascade with 4conv(LN)+1fc box heads, class-agnostic regression, box weights (10,10,5,5),
-(20,20,10,10), (30,30,15,15), IoU 0.5/0.6/0.7, LN mask head, ImageNet mean/std on 0-255 RGB, LSJ, AdamW
-(0.9, 0.999, 1e-8) with weight decay 0.1 on every parameter and layer-wise lr decay, AMP fp16.
+every table shares, or most do (comments name the tables; docs/reference.md §2): simple feature pyramid p2-p6 at
+256 channels with LN, 2-conv RPN, 3-stage cascade with 4conv(LN)+1fc box heads, class-agnostic regression, box
+weights (10,10,5,5), (20,20,10,10), (30,30,15,15), IoU 0.5/0.6/0.7, LN mask head, ImageNet mean/std on 0-255 RGB,
+LSJ, AdamW (0.9, 0.999, 1e-8) with weight decay 0.1 on every parameter and layer-wise lr decay, AMP fp16.
 """
 import torch
 from detectron2 import model_zoo
@@ -27,7 +27,7 @@ model.backbone.net = L(TrVBackbone)(
     rope_grid=64,
     drop_path_rate=0.1,
     use_checkpoint=False,
-    compile_blocks=False,  # torch.compile every block (README, Benchmarks: bench/compile.py)
+    compile_blocks=False,  # torch.compile every block (docs/benchmarks.md: bench/compile.py)
     attn_impl="sdpa",
     out_feature="last_feat",
 )

@@ -1,5 +1,5 @@
-"""LVIS v1 on top of the shared base (reference §2, Tables 29, 31, 33): 1203 classes, federated loss with
-sigmoid CE and class weights image_count ** 0.5, repeat-factor sampling 0.001, LVISEvaluator."""
+"""LVIS v1 on top of the shared base (docs/reference.md §2, Tables 29, 31, 33): 1203 classes, federated loss
+with sigmoid CE and class weights image_count ** 0.5, repeat-factor sampling 0.001, LVISEvaluator."""
 from detectron2.config import LazyCall as L
 
 from eva02.det.lvis import NUM_LVIS_CLASSES, FedLossClassWeights, LVISEvaluator, repeat_factor_sampler

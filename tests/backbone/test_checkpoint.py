@@ -1,4 +1,4 @@
-"""load_checkpoint on every layout of the reference (section 5), built by the test itself."""
+"""load_checkpoint on every layout of docs/reference.md §5, built by the test itself."""
 import argparse
 import os
 

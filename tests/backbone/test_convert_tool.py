@@ -1,12 +1,11 @@
 """tools/convert_checkpoint.py end to end on a checkpoint the test writes in the official MIM layout."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from eva02.backbone import create_trv, load_checkpoint, to_official
+from tool_process import run_tool
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_checkpoint.py"
 
@@ -21,7 +20,7 @@ def _official_mim(path):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], check=True, capture_output=True, text=True)
+    return run_tool(TOOL, *args, check=True)
 
 
 def test_p14_to_p14to16_then_into_detection_backbone(tmp_path):
@@ -49,9 +48,7 @@ def test_p14_to_own_layout_keeps_outputs(tmp_path):
 
 def test_not_a_backbone_is_a_clear_error(tmp_path):
     torch.save({"model": {"head.weight": torch.zeros(2)}}, tmp_path / "x.pt")
-    result = subprocess.run([sys.executable, str(TOOL), "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt",
-                             "--to", "p14to16"],
-                            capture_output=True, text=True)
+    result = run_tool(TOOL, "--input", tmp_path / "x.pt", "--output", tmp_path / "y.pt", "--to", "p14to16")
     assert result.returncode == 2 and "patch_embed.proj.weight" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -69,8 +66,7 @@ def test_bad_checkpoint_is_one_line_naming_the_file(tmp_path, case):
     else:  # a pickle header, then junk: damaged, no case for --unsafe-pickle
         path.write_bytes(b"\x80\x04junk" + bytes(64))
         expected = f"{path} is not a readable checkpoint ("
-    result = subprocess.run([sys.executable, str(TOOL), "--input", path, "--output", tmp_path / "out.pth",
-                             "--to", "eva02"], capture_output=True, text=True)
+    result = run_tool(TOOL, "--input", path, "--output", tmp_path / "out.pth", "--to", "eva02")
     message, hint = result.stderr.strip().splitlines()[-2:]
     assert result.returncode == 2 and hint == "(--debug shows the traceback)"
     assert expected in message and "<state dict>" not in message and "--unsafe-pickle" not in message, message

@@ -22,8 +22,8 @@ def test_lr_scale_formula():
 
 
 def test_no_decay_rules_per_task():
-    """Official exemptions (reference §7): seg exempts 1-D and biases only (pos_embed / cls_token decayed in the
-    published runs); MIM also exempts pos_embed and cls_token but decays the mask token."""
+    """Official exemptions (docs/reference.md §7): seg exempts 1-D and biases only (pos_embed / cls_token decayed
+    in the published runs); MIM also exempts pos_embed and cls_token but decays the mask token."""
     p1, p2, tok = torch.zeros(4), torch.zeros(4, 4), torch.zeros(1, 1, 4)
     for rule in (SEG_NO_DECAY, MIM_NO_DECAY):
         assert rule("backbone.blocks.0.attn.q_bias", p1) and rule("decode_head.conv.bias", p1)

@@ -109,13 +109,13 @@ def test_cpu_transposed_convolution_counts_the_kernels_copies():
     assert estimate_memory(build, run, target="cpu").peak == measure_peak(build, run)
 
 
-# README's planner error table: its rows and stated ratios are bench/plan_memory.py's CASES.
+# docs/memory.md's planner error table: its rows and stated ratios are bench/plan_memory.py's CASES.
 _spec = importlib.util.spec_from_file_location("plan_memory_bench", ROOT / "bench/plan_memory.py")
 BENCH = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(BENCH)
 # The estimate is deterministic and the measured peak repeats to the byte on one machine (1 or 2 threads alike);
 # the kernels' own buffers move it between installs (the B detector's training peak measured 0.5% apart on two
-# days). 0.02 lets that through; a README figure that no longer holds fails.
+# days). 0.02 lets that through; a docs figure that no longer holds fails.
 RATIO_TOLERANCE = 0.02
 
 
@@ -123,7 +123,7 @@ RATIO_TOLERANCE = 0.02
                                   for c in BENCH.CASES])
 def test_error_table_row(case):
     """Each row of the table: the trace against the CPU allocator's records of the same step run for real, at
-    the ratio the README states for it."""
+    the ratio docs/memory.md states for it."""
     estimate, measured = BENCH.measure(case)
     assert abs(estimate.peak / measured - case.ratio) <= RATIO_TOLERANCE, (estimate.peak, measured, case.ratio)
     if "training step" in estimate.phases:  # a training row: the second step runs with the optimizer state

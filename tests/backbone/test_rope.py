@@ -1,4 +1,5 @@
-"""RoPE tables against the closed form of the reference, for window 16 / 32 and 64 / 96 global grids."""
+"""RoPE tables against the closed form of docs/reference.md §1, for window 16 / 32 and 64 / 96 global grids
+(docs/reference.md §2)."""
 import math
 
 import pytest

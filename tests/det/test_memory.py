@@ -1,7 +1,5 @@
 """The detection memory planner (eva02.det.memory) and tools/plan_memory.py as a user meets it. Its error
-against the measured peak: README's table, tests/backbone/test_memory.py."""
-import subprocess
-import sys
+against the measured peak: docs/memory.md's table, tests/backbone/test_memory.py."""
 
 import pytest
 from detectron2.config import LazyConfig
@@ -9,6 +7,7 @@ from detectron2.config import LazyConfig
 from eva02.det.memory import plan_detector
 
 from .conftest import ROOT
+from tool_process import run_tool
 
 
 def test_settings_move_the_estimate_the_right_way():
@@ -22,8 +21,7 @@ def test_settings_move_the_estimate_the_right_way():
 
 
 def tool(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools/plan_memory.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return run_tool(ROOT / "tools/plan_memory.py", *args, timeout=600)
 
 
 def test_tool_answers_what_fits():

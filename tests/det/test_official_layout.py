@@ -35,8 +35,8 @@ def test_released_detector_maps_onto_our_config(name, config, part):
 def test_detector_outputs_equal_the_official_detector():
     """fixtures/official_det_forward.pt: the official detector (fork's own config code, the O365->COCO "sys" config
     shrunk: width 64, depth 4, window 4, global blocks 1 and 3, 32 / 64-wide heads) with random weights, run on
-    skimage's astronaut at 96x128 with the README's sys evaluation flags. Ours, from configs/coco/eva02_L_sys_o365.py
-    shrunk the same way and loaded from the official state dict: the same pyramid and the same final detections."""
+    skimage's astronaut at 96x128 with docs/detection.md's sys evaluation flags. Ours, from
+    configs/coco/eva02_L_sys_o365.py shrunk the same way and loaded from the official state dict: the same pyramid and the same final detections."""
     from eva02.det.checkpoint import EVACheckpointer
     from eva02.det.config import set_head_width, set_input_size
 

@@ -2,9 +2,7 @@
 test-time augmentation (eva02.det.tta), through tools/train_det.py as a user runs it."""
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from eva02.backbone.cli import UsageError
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.own_data import check_coco_json
 from eva02.det.predictor import Predictor
+from tool_process import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/demo/eva02_Ti_det.py"
@@ -27,8 +26,7 @@ SHAPES = ["disk", "square", "triangle", "cross"]
 
 
 def train_det(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/train_det.py"), *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, timeout=900)
+    return run_tool(ROOT / "tools/train_det.py", *args, timeout=900)
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -202,7 +200,7 @@ def test_lvis_config_on_own_data_trains_with_its_federated_loss(fine_tuned, make
 
 
 def test_a_config_of_your_own_inherits_ours(fine_tuned, tmp_path):
-    """The README's own-config form: one of our configs loaded, pointed at the data, a value changed."""
+    """docs/own-data.md's own-config form: one of our configs loaded, pointed at the data, a value changed."""
     from eva02.det.config import load_config
 
     paths = fine_tuned["paths"]

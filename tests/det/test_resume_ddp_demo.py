@@ -1,9 +1,6 @@
 """Training runs end to end: resume after an interruption, 2-process DDP on the CPU (gloo) through
 tools/train_det.py, and the demo config (short here; the full run is tests/test_demo.py, slow)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from detectron2.engine import HookBase
 
 from eva02.backbone.demo import SHAPE_CLASSES
 from eva02.det.engine import run
+from tool_process import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = "configs/demo/eva02_Ti_det.py"
@@ -54,10 +52,8 @@ def _demo_overrides(tmp_path, num_train: int, image_size: int = 128) -> list[str
 
 
 def _train_det(args, timeout, threads_per_process: int | None = None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           **({"OMP_NUM_THREADS": str(threads_per_process)} if threads_per_process else {})}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools/train_det.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env = {"PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads_per_process)} if threads_per_process else {})}
+    proc = run_tool(ROOT / "tools/train_det.py", *args, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

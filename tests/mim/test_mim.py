@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from eva02.backbone.mim import (CLIP_MEAN, CLIP_STD, RECIPES, MIMImageFolder, Pr
                                 pretrain)
 from eva02.backbone.mim.data import epoch_keys
 from eva02.backbone.mim.demo import write_demo_images
+from tool_process import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A shrunk student for the loop mechanics (resume, CLI); the loss-drop run uses the real EVA-02-Ti.
@@ -134,11 +134,10 @@ def test_command_line_tool_with_a_timm_teacher(tmp_path, image_folder):
     timm = pytest.importorskip("timm")
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112).state_dict(),
                tmp_path / "vit.pth")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
-           "--teacher", "vit_tiny_patch16_224", "--teacher-weights", str(tmp_path / "vit.pth"),
-           "--data", str(image_folder), "--output", str(tmp_path / "run"), "--input-size", "112", "--batch-size", "2",
-           "--max-steps", "1", "--workers", "0", "--arch", "depth=2"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    run = run_tool(os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
+                   "--teacher", "vit_tiny_patch16_224", "--teacher-weights", tmp_path / "vit.pth",
+                   "--data", image_folder, "--output", tmp_path / "run", "--input-size", "112", "--batch-size", "2",
+                   "--max-steps", "1", "--workers", "0", "--arch", "depth=2", timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(open(tmp_path / "run" / "log.jsonl").readlines()) == 1
 
@@ -249,13 +248,12 @@ def _pretrain_cli(out, image_folder, teacher_ckpt, *fault, resume=False) -> subp
     """tools/pretrain_mim.py with config()'s settings and RESUMED_RUN, under tests/faults.py when a fault is given."""
     prefix = [os.path.join(REPO, "tests", "faults.py"), *fault] if fault else []
     run = RESUMED_RUN
-    cmd = [sys.executable, *prefix, os.path.join(REPO, "tools", "pretrain_mim.py"), *(["--resume"] if resume else []),
+    cmd = [*prefix, os.path.join(REPO, "tools", "pretrain_mim.py"), *(["--resume"] if resume else []),
            "--model", "eva02_Ti", "--teacher", str(teacher_ckpt), "--data", str(image_folder), "--output", str(out),
            "--input-size", "112", "--batch-size", "8", "--workers", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
            "--max-steps", str(run["max_steps"]), "--save-every", str(run["save_every"]),
            "--arch", *(f"{k}={v}" for k, v in run["arch"].items())]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"})
+    return run_tool(*cmd, cwd=REPO, timeout=600, env={"PYTHONUNBUFFERED": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -324,18 +322,18 @@ def test_mixed_precision_matches_fp32(tmp_path, image_folder, teacher_ckpt, amp)
 
 def test_command_line_tool(tmp_path, image_folder, teacher_ckpt):
     out = tmp_path / "cli"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
+    cmd = [os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
            "--teacher", str(teacher_ckpt), "--data", str(image_folder), "--output", str(out),
            "--input-size", "112", "--batch-size", "4", "--accum-steps", "2", "--max-steps", "3", "--workers", "1",
            "--lr", "1e-3", "--amp", "bf16",
            "--arch", "depth=2", "--export"]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    run = run_tool(*cmd, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(open(out / "log.jsonl").readlines()) == 3
     for name in ("loss.png", "checkpoint.pt", "eva02_Ti_mim_p14.pt", "eva02_Ti_mim_p14to16.pt", "summary.json"):
         assert (out / name).is_file(), name
     assert "wrote" in run.stdout
-    bad = subprocess.run(cmd[:2] + ["--output", str(out)], capture_output=True, text=True, timeout=120)
+    bad = run_tool(cmd[0], "--output", out, timeout=120)
     assert bad.returncode != 0 and "--teacher and --data are required" in bad.stderr
 
 

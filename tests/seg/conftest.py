@@ -1,13 +1,11 @@
 """Fixtures for the segmentation tests: tiny generated datasets and shrunk versions of the paper configs."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from mmengine.config import Config
+import tool_process
 
 import eva02.seg  # noqa: F401  (registers the modules)
 from eva02.seg import fp32_without_gpu
@@ -104,15 +102,11 @@ def shrunk_config():
 
 @pytest.fixture
 def run_tool():
-    """Run a tools/*.py script in a subprocess from the repo root; returns the CompletedProcess (asserts rc 0)."""
+    """Run a tools/*.py script in a process of its own from the repo root (tests/support/tool_process.py);
+    returns the CompletedProcess (asserts rc 0 unless check=False)."""
 
     def run(script, *args, env=None, check=True):
-        cmd = [sys.executable, str(REPO / "tools" / script), *map(str, args)]
-        full_env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
-        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-        return proc
+        return tool_process.run_tool(REPO / "tools" / script, *args, cwd=REPO, env=env, check=check)
 
     return run
 

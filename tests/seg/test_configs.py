@@ -1,4 +1,5 @@
-"""Every paper value in the segmentation configs (EVA-02 paper Tables 34-36, reference section 3)."""
+"""Every paper value in the segmentation configs (EVA-02 paper Tables 34-36, docs/reference.md §3; official
+values §7)."""
 import ast
 
 import pytest

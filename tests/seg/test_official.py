@@ -77,7 +77,7 @@ def test_official_upernet_outputs_on_real_photos(official, tmp_path):
 
 @torch.no_grad()
 def test_dropping_the_cls_token_is_not_the_official_model(official, tmp_path):
-    """Why the switch exists: without the cls token the same weights give other features (reference §7)."""
+    """Why the switch exists: without the cls token the same weights give other features (docs/reference.md §7)."""
     model = segmentor_like(official, with_cls_token=False)
     load_segmentor_checkpoint(model, save_official(official, tmp_path / "official.pth"), strict=False)
     feats = model.backbone(official["images"])

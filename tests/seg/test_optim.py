@@ -34,7 +34,7 @@ def test_lr_and_weight_decay_by_hand(segmentor):
     expected = {  # name: (lr, weight decay)
         "backbone.patch_embed.proj.weight": (LR * RATE**3, WD),
         "backbone.patch_embed.proj.bias": (LR * RATE**3, 0.0),
-        "backbone.pos_embed": (LR * RATE**3, WD),  # decayed, as in the published runs (reference §7)
+        "backbone.pos_embed": (LR * RATE**3, WD),  # decayed, as in the published runs (docs/reference.md §7)
         "backbone.cls_token": (LR * RATE**3, WD),
         "backbone.blocks.0.attn.qkv.weight": (LR * RATE**2, WD),
         "backbone.blocks.0.attn.q_bias": (LR * RATE**2, 0.0),

@@ -17,6 +17,7 @@ from mmseg.registry import DATASETS, MODELS
 from eva02.seg import load_segmentor_checkpoint, use_own_data
 from eva02.seg.demo import SHAPES_CLASSES, SHAPES_PALETTE, make_shapes_own_data
 from eva02.seg.own_data import read_classes
+from tool_process import run_tool
 
 REPO = Path(__file__).resolve().parents[2]
 OWN_CLASSES = ["background", "square", "round"]  # "round" is the disks, under a name the 5-class checkpoint lacks
@@ -203,15 +204,11 @@ def test_mask2former_class_embedding_keeps_its_no_object_row(repo, tmp_path, shr
 @pytest.fixture(scope="module")
 def finetuned(own, tmp_path_factory):
     """tools/train_seg.py --data --weights (5-class checkpoint), 2 iterations; returns (work dir, log)."""
-    import os
-    import subprocess
-    import sys
 
     data, config, ckpt = own
     work = tmp_path_factory.mktemp("finetune") / "work"
-    proc = subprocess.run([sys.executable, "tools/train_seg.py", "--config-file", str(config), "--data", str(data),
-                           "--weights", str(ckpt), "--output", str(work)], cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+    proc = run_tool("tools/train_seg.py", "--config-file", config, "--data", data, "--weights", ckpt,
+                    "--output", work, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout + proc.stderr
 

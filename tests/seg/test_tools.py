@@ -10,6 +10,7 @@ import cv2
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from tool_process import run_tool
 
 DEMO = "configs/demo/eva02_Ti_seg.py"
 REPO = Path(__file__).resolve().parents[2]
@@ -74,9 +75,8 @@ def demo_run(tmp_path_factory):
             "train_dataloader.dataset.generate.num_train=8", "train_dataloader.dataset.generate.num_val=4",
             "val_dataloader.dataset.generate.num_train=8", "val_dataloader.dataset.generate.num_val=4",
             "test_dataloader.dataset.generate.num_train=8", "test_dataloader.dataset.generate.num_val=4"]
-    env = {**os.environ, "SHAPES_ROOT": str(tmp / "data"), "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "tools/train_seg.py", "--config-file", DEMO, "--output", str(tmp / "work"),
-                           *opts], cwd=REPO, env=env, capture_output=True, text=True)
+    proc = run_tool("tools/train_seg.py", "--config-file", DEMO, "--output", tmp / "work", *opts, cwd=REPO,
+                    env={"SHAPES_ROOT": str(tmp / "data")})
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "mIoU" in proc.stdout
     assert "cls_token: none in the checkpoint" in proc.stdout  # every other TrV weight came from the detector

@@ -23,7 +23,7 @@ model = dict(
         norm_cfg=norm_cfg,
         window_size=0,  # global attention in every block (official)
         use_checkpoint=False,
-        compile_blocks=False,  # torch.compile every block (README, Benchmarks: bench/compile.py)
+        compile_blocks=False,  # torch.compile every block (docs/benchmarks.md: bench/compile.py)
         pretrained=None,
     ),
     train_cfg=dict(),
