@@ -1,10 +1,10 @@
 """eva02.backbone: the TrV (EVA-02) encoder, its RoPE, checkpoint layouts and layer-decay rule. Needs only torch."""
-from .checkpoint import LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic, to_official
+from .checkpoint import LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, to_official
 from .layer_decay import MIM_NO_DECAY, SEG_NO_DECAY, layer_id, lr_scale, no_decay_rule, param_groups
 from .trv import ATTN_IMPLS, PRESETS, TrV, TrVConfig, create_trv, preset_config
 
 __all__ = [
     "ATTN_IMPLS", "PRESETS", "TrV", "TrVConfig", "create_trv", "preset_config",
-    "LoadReport", "load_checkpoint", "official_p14_to_p16", "read_state_dict", "save_atomic", "to_official",
+    "LoadReport", "load_checkpoint", "official_p14_to_p16", "read_state_dict", "to_official",
     "MIM_NO_DECAY", "SEG_NO_DECAY", "layer_id", "lr_scale", "no_decay_rule", "param_groups",
 ]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from timing import PRECISIONS, backbone_step, synced  # bench/timing.py: the script's folder is on sys.path
+from eva02.common.precision import PRECISIONS, autocast_dtype
+from timing import backbone_step, synced  # bench/timing.py: the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +50,12 @@ def main():
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in both models")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=None,
                         help="autocast dtype (default: fp16 on CUDA, as the configs' AMP; fp32 on the CPU)")
     args = parser.parse_args()
     args.precision = args.precision or ("fp16" if args.device == "cuda" else "fp32")
     sizes = args.sizes or ([1024, 1536] if args.device == "cuda" else [512, 1024])
-    dtype = PRECISIONS[args.precision]
+    dtype = autocast_dtype(args.precision)
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}, {args.precision}, torch {torch.__version__}, {args.variant}, batch {args.batch}, "
           f"checkpointing {'on' if args.checkpointing else 'off'}; median of {args.iters} interleaved runs")

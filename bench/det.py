@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 # bench/timing.py: the script's folder is on sys.path
-from timing import PRECISIONS, autocast, backbone_step, peak_memory_mb, timed
+from eva02.common.precision import PRECISIONS, autocast, autocast_dtype
+from timing import backbone_step, peak_memory_mb, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CONFIGS = ("configs/coco/eva02_B_bsl.py", "configs/coco/eva02_B_sys.py", "configs/coco/eva02_L_bsl.py",
@@ -101,7 +102,7 @@ def detector_step(cfg, args, dtype):
 def run_case(config: str, attn_impl: str, args) -> dict:
     cfg = load(config, attn_impl, args)
     torch.manual_seed(0)
-    dtype = PRECISIONS[args.precision]
+    dtype = autocast_dtype(args.precision)
     step, described = (config_backbone_step if args.part == "backbone" else detector_step)(cfg, args, dtype)
     sec = timed(step, args.iters, args.device)
     return {"sec": sec, "peak_mb": peak_memory_mb(args.device), "input": described}
@@ -118,7 +119,7 @@ def main():
     parser.add_argument("--objects", type=int, default=20, help="boxes and masks per training image")
     parser.add_argument("--score-thresh", type=float, default=0.0, help="box score threshold of every config")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default=None,
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=None,
                         help="autocast dtype (default: fp16 on CUDA, as the configs' AMP; fp32 on the CPU)")
     parser.add_argument("--case", nargs=4, help=argparse.SUPPRESS)  # config attn_impl part mode
     args = parser.parse_args()

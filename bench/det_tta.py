@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as tools/train_det.py: id
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from eva02.backbone.cli import UsageError, default_device, run_tool  # noqa: E402
+from eva02.common.cli import UsageError, default_device, run_tool  # noqa: E402
 from eva02.det.checkpoint import EVACheckpointer  # noqa: E402
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import build_model, do_test, setup_datasets  # noqa: E402

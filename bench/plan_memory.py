@@ -1,12 +1,12 @@
 """The memory planner's error: its estimate next to the measured peak of the same step run for real, in one run.
 
 On the CPU (default) the reference is PyTorch's CPU allocator, read from the profiler's allocation records
-(eva02.backbone.memory.measure_peak); on a GPU (--device cuda) it is torch.cuda.max_memory_allocated, with the
+(eva02.common.memory.measure_peak); on a GPU (--device cuda) it is torch.cuda.max_memory_allocated, with the
 planner's CUDA target (512-byte blocks, the GPU's attention kernel). Each row runs a config's real training step
 (two steps: the second with the optimizer state) or inference, as tools/plan_memory.py traces it.
 
 CASES are the rows of docs/memory.md's error table with the CPU ratio this script printed for each; the tests
-(tests/backbone/test_memory.py) hold every row to its ratio, the `slow` ones under `-m slow`.
+(tests/common/test_memory.py) hold every row to its ratio, the `slow` ones under `-m slow`.
 
 Usage: python bench/plan_memory.py [--device cpu|cuda] [--paper]
 --paper adds the slow rows, the paper's B configs: minutes for inference, half an hour per training row on 2 cores.
@@ -23,7 +23,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from eva02.backbone import create_trv
-from eva02.backbone.memory import MemoryEstimate, estimate_memory, measure_peak
+from eva02.common.memory import MemoryEstimate, estimate_memory, measure_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 

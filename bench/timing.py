@@ -4,7 +4,8 @@ import time
 
 import torch
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # --precision: autocast dtype
+from eva02.common.precision import autocast
+
 
 
 def synced(fn, device: str) -> float:
@@ -29,11 +30,6 @@ def peak_memory_mb(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def autocast(device: str, dtype):
-    """torch.autocast for --precision's dtype (None: off) on the device's type."""
-    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def backbone_step(net, x: torch.Tensor, mode: str, dtype):

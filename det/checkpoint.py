@@ -15,7 +15,7 @@
     at all loads is refused in every mode;
   - when a training run starts from a detector trained for other classes (require "backbone" or "any": another
     class count, or other class names), re-lays its class-specific layers (cls_score, class-specific bbox_pred,
-    the mask predictor) for the model's classes with `eva02.backbone.class_rows.relay_class_layers`, the rule
+    the mask predictor) for the model's classes with `eva02.common.class_rows.relay_class_layers`, the rule
     segmentation uses too: classes shared by name keep their rows (names
     come from the `classes` our checkpoints store), the background row is kept, the rest start from their
     initialization; one log line per layer says so;
@@ -31,9 +31,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import load_checkpoint, read_state_dict
-from eva02.backbone.class_rows import ClassRows, relay_class_layers
-from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, atomic_write, check_complete,
-                                       existing_file, save_atomic, to_trv_names, unreadable_checkpoint, unwrap_model)
+from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, check_complete, existing_file,
+                                       to_trv_names, unreadable_checkpoint, unwrap_model)
+from eva02.common.class_rows import ClassRows, relay_class_layers
+from eva02.common.files import atomic_write, save_atomic
 
 
 __all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights"]

@@ -11,7 +11,7 @@ from detectron2.utils.registry import locate
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import LinearParamScheduler, MultiStepParamScheduler
 
-from eva02.backbone.cli import UsageError, check_override_keys, takes_argument
+from eva02.common.cli import UsageError, check_override_keys, takes_argument
 
 __all__ = ["apply_overrides", "load_config", "set_input_size", "set_head_width", "step_schedule",
            "constant_schedule", "lsj_augmentations", "sys_inference", "tta_sizes", "TTA_SIZE_RATIOS"]

@@ -16,8 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances, register_lvis_instances
 from detectron2.structures import Boxes, Instances
 
-from eva02.backbone.checkpoint import atomic_write
-from eva02.backbone.demo import SHAPE_CLASSES, draw_scene
+from eva02.common.files import atomic_write
+from eva02.common.shapes import SHAPE_CLASSES, draw_scene
 
 from .evaluation import build_evaluator
 
@@ -72,7 +72,7 @@ def _write_split(root: Path, split: str, num: int, size: int, rng: np.random.Gen
 
 def make_shapes_dataset(root, num_train: int = 400, num_val: int = 50, image_size: int = 192, seed: int = 0,
                         max_objects: int = 4, lvis: bool = False, classes=SHAPE_CLASSES) -> dict[str, str]:
-    """Write the generated shapes (eva02.backbone.demo, non-overlapping, whole masks) as a COCO dataset of
+    """Write the generated shapes (eva02.common.shapes, non-overlapping, whole masks) as a COCO dataset of
     `classes` (a subset of SHAPE_CLASSES in any order; category ids 1, 2, ... in that order) with polygon
     masks: root/{train,val}/NNNNNN.png and root/{train,val}.json.
     lvis=True adds the LVIS json fields (category frequency, per-image negative / not-exhaustive lists) so the

@@ -27,7 +27,9 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.registry import locate
 
-from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries, unwrap_model
+from eva02.backbone.checkpoint import unwrap_model
+from eva02.common.files import atomic_write, remove_stale_temporaries
+from eva02.common.precision import autocast, autocast_dtype
 
 from .checkpoint import EVACheckpointer
 from .data import check_training_dataset, register_all
@@ -37,10 +39,9 @@ from .tta import build_tta
 from .unreadable import ReadableOnly, SkipUnreadable
 
 __all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
-           "instantiate_with", "resolve_device", "amp_dtype"]
+           "instantiate_with", "resolve_device", "config_precision", "training_dtype"]
 
 logger = logging.getLogger("eva02.det")
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_device(cfg) -> str:
@@ -52,19 +53,26 @@ def resolve_device(cfg) -> str:
     return device
 
 
-def amp_dtype(cfg, device: str) -> torch.dtype | None:
-    """Autocast dtype from cfg.train.amp (None: AMP off). float16 on a CPU becomes bfloat16 (CPU autocast
-    has few float16 kernels)."""
+def config_precision(cfg) -> str:
+    """The config's precision name (eva02.common.precision): fp32 unless train.amp.enabled, then
+    train.amp.precision (fp16 / bf16)."""
     amp = cfg.train.amp
     if not amp.enabled:
-        return None
-    precision = amp.get("precision", "float16")
-    if precision not in _DTYPES:
-        raise ValueError(f"train.amp.precision must be one of {sorted(_DTYPES)}, got {precision!r}")
-    if device == "cpu" and precision == "float16":
-        logger.warning("AMP float16 requested on the CPU: using bfloat16 autocast instead")
-        precision = "bfloat16"
-    return _DTYPES[precision]
+        return "fp32"
+    precision = amp.get("precision", "fp16")
+    if precision not in ("fp16", "bf16"):
+        raise ValueError(f"train.amp.precision={precision!r}: use fp16 or bf16 (or train.amp.enabled=False for fp32)")
+    return precision
+
+
+def training_dtype(cfg, device: str) -> torch.dtype | None:
+    """Autocast dtype of the config's precision on `device` (None: fp32). fp16 on a CPU becomes bf16 (CPU
+    autocast has few float16 kernels)."""
+    precision = config_precision(cfg)
+    if device == "cpu" and precision == "fp16":
+        logger.warning("fp16 requested on the CPU: using bf16 autocast instead")
+        precision = "bf16"
+    return autocast_dtype(precision)
 
 
 class EVATrainer(SimpleTrainer):
@@ -86,7 +94,7 @@ class EVATrainer(SimpleTrainer):
         data_time = time.perf_counter() - start
         if self.rng is not None:
             self.rng.apply_pending()
-        with torch.autocast(self.device_type, dtype=self.precision or torch.float32, enabled=self.precision is not None):
+        with autocast(self.device_type, self.precision):
             loss_dict = self.model(data)
             losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
@@ -311,7 +319,7 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
                                     mapper=SkipUnreadable(instantiate(train.mapper), drop=True))
     ddp_model = _ddp(model, cfg, device)
     rng = RNGState()
-    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=amp_dtype(cfg, device), device=device, rng=rng)
+    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=training_dtype(cfg, device), device=device, rng=rng)
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     checkpointables = {"rng_state": rng, **({"ema_state": ema} if ema is not None else {})}
     checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer, require=_require(cfg, "backbone"),

@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
-from eva02.backbone.checkpoint import atomic_write
+from eva02.common.files import atomic_write
 
 from .lvis import LVISEvaluator
 from .unreadable import LeavesOutUnreadable

@@ -1,4 +1,4 @@
-"""Peak GPU memory of a detection config's training step and inference, without a GPU (eva02.backbone.memory).
+"""Peak GPU memory of a detection config's training step and inference, without a GPU (eva02.common.memory).
 
 The trace runs the config's own model and the training loop's own step (`EVATrainer.run_step`: autocast,
 losses, backward, the config's AdamW with its layer-decay groups, EMA when the config has it), twice, so the
@@ -29,13 +29,15 @@ from detectron2.modeling.roi_heads import roi_heads as d2_roi_heads
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from eva02.backbone.memory import MemoryEstimate, amp_dtype, estimate_memory
+from eva02.common.memory import MemoryEstimate, estimate_memory
+from eva02.common.precision import autocast_dtype
+from eva02.common.upstream import patched
 
 from .config import set_input_size
 from .ema import ModelEMA
-from .engine import EVATrainer
+from .engine import EVATrainer, config_precision
 
-__all__ = ["plan_detector", "detector_step", "config_amp", "training_images", "DEFAULT_OBJECTS"]
+__all__ = ["plan_detector", "detector_step", "training_images", "DEFAULT_OBJECTS"]
 
 # Objects per training image: 93 is the most any COCO train2017 image has; the matcher's IoU matrices grow with it.
 DEFAULT_OBJECTS = 100
@@ -102,44 +104,37 @@ def _stand_ins(model, polygons: bool, detections: int | None):
         return result if roi.training else [r[:detections] for r in result]
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(tv_boxes, "_batched_nms_vanilla",
-                                              tv_boxes._batched_nms_coordinate_trick))
-        stack.enter_context(mock.patch.object(d2_roi_heads, "select_foreground_proposals", capped_foreground))
+        stack.enter_context(patched("batched_nms", tv_boxes._batched_nms_coordinate_trick))
+        stack.enter_context(patched("foreground_proposals", capped_foreground))
         stack.enter_context(mock.patch.object(roi, "_forward_box", capped_detections))
         if polygons:
-            stack.enter_context(mock.patch.object(PolygonMasks, "crop_and_resize", _rasterized_polygons))
-            stack.enter_context(mock.patch.object(PolygonMasks, "__getitem__",
-                                                  _indexed_polygons(PolygonMasks.__getitem__)))
+            stack.enter_context(patched("polygon_crop_and_resize", _rasterized_polygons))
+            stack.enter_context(patched("polygon_getitem", _indexed_polygons(PolygonMasks.__getitem__)))
         yield
 
 
-def config_amp(cfg) -> str:
-    """The config's AMP setting as a name ("float16", "bfloat16" or "off"), from train.amp."""
-    return cfg.train.amp.get("precision", "float16") if cfg.train.amp.enabled else "off"
-
-
-def plan_detector(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
+def plan_detector(cfg, batch: int, size: int, train: bool = True, precision: str | None = None,
                   checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, target: str = "cuda",
                   attention: str = "auto", gpus: int = 1, detections: int | None = None) -> MemoryEstimate:
     """Peak memory of one GPU's training step (train=True) or inference (train=False: fp32 and no grad, as
-    evaluation runs) for `batch` images of size x size. amp ("fp16" | "bf16" | "off") / checkpointing: None
-    keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP.
+    evaluation runs) for `batch` images of size x size. precision ("fp32" | "fp16" | "bf16") / checkpointing:
+    None keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP.
     detections: per image at inference (default: the last box predictor's test_topk_per_image). target "cpu"
     counts as the CPU allocator does."""
-    build, run = detector_step(cfg, batch, size, train, amp, checkpointing, objects, detections)
+    build, run = detector_step(cfg, batch, size, train, precision, checkpointing, objects, detections)
     # inference on a fake GPU: detectron2 pastes masks in GPU-sized chunks there (one by one on a CPU)
     return estimate_memory(build, run, target=target, attention=attention,
                            ddp=train and gpus > 1, device="cuda" if target == "cuda" and not train else "cpu")
 
 
-def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | None = None,
+def detector_step(cfg, batch: int, size: int, train: bool = True, precision: str | None = None,
                   checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, detections: int | None = None,
                   steps: int = 2):
     """(build, run) of plan_detector's step, for estimate_memory or, on real tensors,
     measure_peak."""
     cfg = _planning_config(cfg, size, checkpointing)
     polygons = cfg.dataloader.train.mapper.get("instance_mask_format", "polygon") == "polygon"
-    precision = amp_dtype(amp or config_amp(cfg)) if train else None
+    dtype = autocast_dtype(precision or config_precision(cfg)) if train else None
 
     def build():
         model = instantiate(cfg.model)
@@ -148,7 +143,7 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | Non
     def run(model, phase):
         with _stand_ins(model, polygons, detections):
             if train:
-                _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps)
+                _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps)
             else:
                 with phase("inference"), torch.no_grad():
                     model([{"image": torch.zeros(3, size, size, dtype=torch.uint8), "height": size, "width": size}
@@ -157,7 +152,7 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, amp: str | Non
     return build, run
 
 
-def _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, steps):
+def _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps):
     """`steps` training steps as EVATrainer runs them, autocast included, on the model's device: the CPU in the
     trace (no grad scaler there; it scales one scalar and unscales in place), the GPU in measure_peak. Phases:
     "forward" (the model's call), "first step" (the optimizer state is created in it) and "training step" (the
@@ -166,7 +161,7 @@ def _train_steps(model, cfg, phase, batch, size, objects, polygons, precision, s
     optimizer = instantiate(cfg.optimizer)
     data = training_images(batch, size, objects, polygons, model.roi_heads.num_classes)
     device = next(model.parameters()).device.type
-    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=precision, device=device)
+    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=dtype, device=device)
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     forward = contextlib.ExitStack()
     hooks = [model.register_forward_pre_hook(lambda *_: forward.enter_context(phase("forward"))),

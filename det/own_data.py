@@ -40,7 +40,7 @@ from detectron2.config import LazyCall as L
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from eva02.backbone.cli import UsageError
+from eva02.common.cli import UsageError
 
 from .evaluation import COCOEvaluator
 

@@ -27,7 +27,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Instances
 
-from eva02.backbone.cli import default_device
+from eva02.common.cli import default_device
 
 from .checkpoint import EVACheckpointer
 from .config import load_config

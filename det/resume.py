@@ -5,7 +5,7 @@ resume, but restarts the data stream and the random number generators from the b
 trains on the first batches again, with other RPN / RoI samples and augmentations. Here:
   - `RNGState`: a checkpointable holding the main process's torch / CUDA / numpy / Python generator states;
   - `ResumableSampler`: a training sampler that continues its stream after the samples already trained on;
-  - `rng_preserved()` (eva02.backbone.rng) around evaluation in the middle of training: it leaves the generators
+  - `rng_preserved()` (eva02.common.rng) around evaluation in the middle of training: it leaves the generators
     as it found them, so a run with evaluation trains exactly as one without (and a resumed run, which did not
     evaluate, matches).
 With num_workers=0 a resumed single-process run equals the uninterrupted one to the last bit; with loader
@@ -18,7 +18,7 @@ import itertools
 import torch
 import torch.utils.data as torchdata
 
-from eva02.backbone.rng import capture_rng, restore_rng, rng_preserved
+from eva02.common.rng import capture_rng, restore_rng, rng_preserved
 
 __all__ = ["RNGState", "ResumableSampler", "rng_preserved"]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from eva02.backbone import LoadReport, load_checkpoint
 from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_state_dict, read_weights
-from eva02.backbone.class_rows import ClassRows, relay_class_layers
+from eva02.common.class_rows import ClassRows, relay_class_layers
 
 __all__ = ["OFFICIAL_PYRAMID", "CLASS_LAYERS", "IncompleteCheckpointError", "rename_official_pyramid",
            "load_backbone_weights", "checkpoint_classes", "load_segmentor_checkpoint"]
@@ -90,7 +90,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, 
 
     adapt_classes (fine-tuning on other classes): a class-specific head layer (CLASS_LAYERS) whose class count
     differs from the model's, or whose class names do (`classes`: the model's; the checkpoint's from its meta,
-    `checkpoint_classes`), is re-laid by eva02.backbone.class_rows.relay_class_layers: the rows of classes found by
+    `checkpoint_classes`), is re-laid by eva02.common.class_rows.relay_class_layers: the rows of classes found by
     name are kept, the others keep the model's current (initial) values. Otherwise such a mismatch is an error.
     source: the name errors give a checkpoint passed as an object (default "<state dict>")."""
     obj = path if isinstance(path, dict) else read_state_dict(path, weights_only)

@@ -1,4 +1,4 @@
-"""Embedded default data of the segmentation demo and tests: the generated shapes (eva02.backbone.demo) as a
+"""Embedded default data of the segmentation demo and tests: the generated shapes (eva02.common.shapes) as a
 small dataset in ADE20K's layout, and `ShapesDataset`, the mmseg dataset that reads (and first writes) it.
 Configs that use it import this module: `custom_imports = dict(imports=["eva02.seg", "eva02.seg.demo"])`.
 
@@ -22,7 +22,7 @@ from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 from tqdm import tqdm
 
-from eva02.backbone.demo import SHAPE_CLASSES, SHAPE_COLOURS, draw_scene
+from eva02.common.shapes import SHAPE_CLASSES, SHAPE_COLOURS, draw_scene
 
 from .datasets import CheckedADE20KDataset, LayoutCheck
 

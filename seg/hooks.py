@@ -27,8 +27,9 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_local
 from mmseg.registry import HOOKS
 
-from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries, unreadable_checkpoint
-from eva02.backbone.rng import capture_rng, restore_rng
+from eva02.backbone.checkpoint import unreadable_checkpoint
+from eva02.common.files import atomic_write, remove_stale_temporaries
+from eva02.common.rng import capture_rng, restore_rng
 
 from .checkpoint import load_segmentor_checkpoint
 
@@ -142,7 +143,7 @@ class SegmentorWeightsHook(Hook):
     mmengine's Runner.train() builds the model, runs init_weights(), then loads `load_from`; this hook loads in
     before_train, after both, through eva02.seg.load_segmentor_checkpoint (official layouts converted, every
     weight accounted for unless strict=False). Class-specific head layers trained for other classes are re-laid
-    by class name (eva02.backbone.class_rows), the classes being the training set's; one log line per such layer.
+    by class name (eva02.common.class_rows), the classes being the training set's; one log line per such layer.
     A resumed run (iteration > 0) already holds its weights: nothing is loaded then."""
 
     priority = "VERY_HIGH"  # before any other hook looks at the weights

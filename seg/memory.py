@@ -1,4 +1,4 @@
-"""Peak GPU memory of a segmentation config's training step and inference, without a GPU (eva02.backbone.memory).
+"""Peak GPU memory of a segmentation config's training step and inference, without a GPU (eva02.common.memory).
 
 The trace builds the config's segmentor and optimizer wrapper (layer-decay AdamW) as training does and runs
 mmengine's `train_step` (data preprocessor, losses, backward, step) twice, so the second step runs with the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from unittest import mock
 
 import numpy as np
 import torch
@@ -25,9 +24,13 @@ from mmengine.structures import PixelData
 from mmseg.apis import init_model
 from mmseg.structures import SegDataSample
 
-from eva02.backbone.memory import MemoryEstimate, amp_dtype, estimate_memory
+from eva02.common.memory import MemoryEstimate, estimate_memory
+from eva02.common.precision import autocast, autocast_dtype
+from eva02.common.upstream import patched
 
-__all__ = ["plan_segmentor", "segmentor_step", "config_amp", "DEFAULT_CLASSES"]
+from .optim import config_precision
+
+__all__ = ["plan_segmentor", "segmentor_step", "DEFAULT_CLASSES"]
 
 # Classes present in one training crop: ADE20K images have about 9 on average, many more in cluttered scenes.
 DEFAULT_CLASSES = 30
@@ -54,20 +57,14 @@ _torch_batch_norm = torch.nn.functional.batch_norm
 @contextlib.contextmanager
 def _stand_ins():
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(torch.nn.functional, "batch_norm", _batch_norm))
+        stack.enter_context(patched("batch_norm", _batch_norm))
         try:
-            from mmdet.models.task_modules.assigners import hungarian_assigner
+            import mmdet.models.task_modules.assigners.hungarian_assigner  # noqa: F401
         except ImportError:  # Mask2Former needs mmdet; UperNet does not
             pass
         else:
-            stack.enter_context(mock.patch.object(hungarian_assigner, "linear_sum_assignment", _diagonal_match))
+            stack.enter_context(patched("hungarian_match", _diagonal_match))
         yield
-
-
-def config_amp(cfg: Config) -> str:
-    """The config's AMP setting as a name ("float16", "bfloat16" or "off"), from its optimizer wrapper."""
-    wrapper = cfg.optim_wrapper
-    return str(wrapper.get("dtype") or "float16") if wrapper.get("type") == "AmpOptimWrapper" else "off"
 
 
 def _batch(batch: int, size: int, classes: int, num_classes: int) -> dict:
@@ -83,7 +80,7 @@ def _batch(batch: int, size: int, classes: int, num_classes: int) -> dict:
     return {"inputs": [torch.zeros(3, size, size, dtype=torch.uint8) for _ in range(batch)], "data_samples": samples}
 
 
-def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: str | None = None,
+def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, precision: str | None = None,
                    checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, steps: int = 2):
     """(build, run) of plan_segmentor's step, for estimate_memory or, on real tensors,
     measure_peak."""
@@ -92,7 +89,7 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     if checkpointing is not None:
         cfg.model.backbone.use_checkpoint = checkpointing
     cfg.model.backbone.compile_blocks = False  # traced eagerly; compiled blocks usually keep fewer intermediates
-    precision = amp_dtype(amp or config_amp(cfg)) if train else None
+    dtype = autocast_dtype(precision or config_precision(cfg)) if train else None
     if train:  # mmengine's AmpOptimWrapper needs a GPU; the autocast it adds is put around the forward below
         cfg.optim_wrapper.type = "OptimWrapper"
         for key in ("dtype", "loss_scale"):
@@ -110,9 +107,9 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
                     model.test_step(_batch(batch, size, 1, num_classes))
                 return
             wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-            if precision is not None:
-                device = next(model.parameters()).device.type  # the trace: the CPU; measure_peak: the GPU
-                wrapper.optim_context = lambda _: torch.autocast(device, dtype=precision)
+            if dtype is not None:
+                device = next(model.parameters()).device  # the trace: the CPU; measure_peak: the GPU
+                wrapper.optim_context = lambda _: autocast(device, dtype)
             data = _batch(batch, size, classes, num_classes)
             for i in range(steps):
                 with phase("first step" if i == 0 else "training step"):
@@ -121,13 +118,13 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, amp: 
     return build, run
 
 
-def plan_segmentor(cfg: Config, batch: int, size: int, train: bool = True, amp: str | None = None,
+def plan_segmentor(cfg: Config, batch: int, size: int, train: bool = True, precision: str | None = None,
                    checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, target: str = "cuda",
                    attention: str = "auto", gpus: int = 1) -> MemoryEstimate:
     """Peak memory of one GPU's training step (train=True) or inference (train=False) for `batch` images of
-    size x size. amp ("fp16" | "bf16" | "off") / checkpointing: None keeps the config's setting
+    size x size. precision ("fp32" | "fp16" | "bf16") / checkpointing: None keeps the config's setting
     (AmpOptimWrapper, the backbone's use_checkpoint). gpus > 1: training under DDP. target "cpu" counts as the
     CPU allocator does."""
-    build, run = segmentor_step(cfg, batch, size, train, amp, checkpointing, classes)
+    build, run = segmentor_step(cfg, batch, size, train, precision, checkpointing, classes)
     return estimate_memory(build, run, target=target, attention=attention,
                            ddp=train and gpus > 1)

@@ -22,8 +22,9 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from eva02.backbone import no_decay_rule, param_groups
+from eva02.common.precision import from_torch_name
 
-__all__ = ["LayerDecayOptimWrapperConstructor", "fp32_without_gpu"]
+__all__ = ["LayerDecayOptimWrapperConstructor", "fp32_without_gpu", "config_precision"]
 
 
 def trv_depth(model: nn.Module) -> int:
@@ -77,3 +78,10 @@ def fp32_without_gpu(cfg) -> bool:
     for key in ("dtype", "loss_scale"):
         wrapper.pop(key, None)
     return True
+
+
+def config_precision(cfg) -> str:
+    """The config's precision name (eva02.common.precision), from its optimizer wrapper: an AmpOptimWrapper's
+    dtype (mmengine's default float16), else fp32."""
+    wrapper = cfg.optim_wrapper
+    return from_torch_name(wrapper.get("dtype") or "float16") if wrapper.get("type") == "AmpOptimWrapper" else "fp32"

@@ -36,7 +36,7 @@ from mmseg.apis import inference_model, init_model
 from mmseg.registry import DATASETS, MODELS
 
 from eva02.backbone.checkpoint import read_state_dict
-from eva02.backbone.cli import default_device
+from eva02.common.cli import default_device
 
 from .checkpoint import checkpoint_classes, load_segmentor_checkpoint
 from .datasets import unreadable_image

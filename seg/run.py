@@ -1,5 +1,5 @@
 """What tools/train_seg.py and tools/test_seg.py share: the config as the command line sets it (overrides, work
-dir, AMP, launcher from torchrun, DDP on the CPU). Conventions: eva02.backbone.cli."""
+dir, AMP, launcher from torchrun, DDP on the CPU). Conventions: eva02.common.cli."""
 from __future__ import annotations
 
 import os
@@ -12,12 +12,13 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import Registry
 from mmengine.runner import Runner
 
-from eva02.backbone.cli import UsageError, check_override_keys, takes_argument, world_size
+from eva02.common.cli import UsageError, check_override_keys, takes_argument, world_size
+from eva02.common.precision import torch_name
 
-from .optim import fp32_without_gpu
+from .optim import config_precision, fp32_without_gpu
 from .own_data import use_own_data
 
-__all__ = ["read_config", "load_config", "apply_amp", "init_cpu_process_group", "check_overrides"]
+__all__ = ["read_config", "load_config", "apply_precision", "init_cpu_process_group", "check_overrides"]
 
 _REGISTRIES = [r for r in vars(mmseg.registry).values() if isinstance(r, Registry)]
 
@@ -88,22 +89,24 @@ def load_config(config_file: str, output: str | None, overrides: list[str], data
     return cfg
 
 
-def apply_amp(cfg: Config, amp: str | None) -> str:
-    """--amp fp16|bf16|off on the config's optim_wrapper (None: as the config says); fp16 / bf16 AMP needs a GPU
-    (mmengine's AmpOptimWrapper), so a CPU-only machine trains the configs' AMP in fp32. Returns what runs."""
+def apply_precision(cfg: Config, precision: str | None) -> str:
+    """--precision fp32|fp16|bf16 on the config's optim_wrapper (None: as the config says); fp16 / bf16 autocast
+    needs a GPU (mmengine's AmpOptimWrapper), so a CPU-only machine trains the configs' AMP in fp32. Returns
+    the precision that runs."""
     wrapper = cfg.optim_wrapper
-    if amp in ("fp16", "bf16"):
+    if precision in ("fp16", "bf16"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--amp {amp} needs a GPU (mmengine's AmpOptimWrapper runs on CUDA/NPU/MLU only)")
-        wrapper.update(type="AmpOptimWrapper", dtype="float16" if amp == "fp16" else "bfloat16")
-        wrapper.loss_scale = "dynamic" if amp == "fp16" else None
-        return f"AMP {wrapper.dtype}"
-    if amp == "off" or fp32_without_gpu(cfg):
+            raise UsageError(f"--precision {precision} needs a GPU (mmengine's AmpOptimWrapper runs on CUDA/NPU/MLU "
+                             "only)")
+        wrapper.update(type="AmpOptimWrapper", dtype=torch_name(precision))
+        wrapper.loss_scale = "dynamic" if precision == "fp16" else None
+        return precision
+    if precision == "fp32" or fp32_without_gpu(cfg):
         wrapper.type = "OptimWrapper"
         for key in ("dtype", "loss_scale"):
             wrapper.pop(key, None)
-        return "fp32" if amp == "off" else "fp32 (no GPU: the config's fp16 AMP is off)"
-    return f"AMP {wrapper.get('dtype') or 'float16'}" if wrapper.get("type") == "AmpOptimWrapper" else "fp32"
+        return "fp32" if precision == "fp32" else "fp32 (no GPU: the config's fp16 AMP is off)"
+    return config_precision(cfg)
 
 
 def init_cpu_process_group() -> None:

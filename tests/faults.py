@@ -5,7 +5,7 @@
                                                                 with KEY >= K, K drawn from [LOW, HIGH]
 
 The first line printed ("faults: ...") says where the kill goes; a test puts it in its failure messages.
-write: every checkpoint write of this project goes through eva02.backbone.checkpoint.atomic_write: the file is
+write: every checkpoint write of this project goes through eva02.common.files.atomic_write: the file is
 written under a temporary name, then renamed into place with os.replace. Here the Nth rename to a file whose name
 matches REGEX cuts the temporary file to half its size and kills the process before the rename happens.
 step: K comes from random.Random(FAULT_SEED), the environment's seed or else a fresh one, printed so that a failure

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import eva02.backbone
+import eva02.common
 import eva02.det
 import eva02.seg
 
@@ -10,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_eva02_imports_from_this_checkout():
-    for package in (eva02.backbone, eva02.det, eva02.seg):
+    for package in (eva02.backbone, eva02.common, eva02.det, eva02.seg):
         assert ROOT in Path(package.__file__).resolve().parents, f"{package.__name__} comes from {package.__file__}"
 
 

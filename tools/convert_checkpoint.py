@@ -7,7 +7,7 @@
   --to eva02    any layout load_checkpoint reads -> this project's layout: {"model": TrV state dict (fused
                 qkv), "arch": {...}}, at the patch size you ask for.
 
-Examples (flags follow eva02.backbone.cli's convention):
+Examples (flags follow eva02.common.cli's convention):
   python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_pt_m38m_p14to16.pt --to p14to16
   python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_p16.pth --to eva02 --patch-size 16
 """
@@ -16,9 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict, save_atomic
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
+from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict
 from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names, unwrap_state_dict
-from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
+from eva02.common.cli import EXIT_OK, add_common_args, run_tool
+from eva02.common.files import save_atomic
 
 
 def infer_preset(state: dict, source: str) -> tuple[str, TrVConfig]:

@@ -39,10 +39,14 @@ import sys
 import time
 from pathlib import Path
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 import numpy as np
 import torch
 
-from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool
+from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, config_kind, run_tool
 
 DET_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
@@ -59,21 +63,9 @@ class FeatureTuple(torch.nn.Module):
         return tuple(out[name] for name in self.names) if self.names else tuple(out)
 
 
-def is_detection_config(config_file: str) -> bool:
-    """A detectron2 LazyConfig (its `model` is a LazyCall), not an mmengine config (whose `_base_` files and
-    `_base_.x` references LazyConfig cannot load)."""
-    from detectron2.config import LazyConfig
-
-    try:
-        cfg = LazyConfig.load(config_file)
-    except Exception:  # noqa: BLE001  (an mmengine config fails in its own ways)
-        return False
-    return "_target_" in (cfg.get("model") or {})
-
-
 def build_backbone(config_file: str, weights: str, overrides: list[str], weights_only: bool):
     """(backbone as FeatureTuple in eval mode, output names, kind) for a detection or segmentation config."""
-    if is_detection_config(config_file):
+    if config_kind(config_file) == "detection":
         from detectron2.config import instantiate
 
         from eva02.det.checkpoint import EVACheckpointer
@@ -252,7 +244,7 @@ def main(argv=None) -> int:
 
 
 def export_whole(args, sizes: list[tuple[int, int]]) -> int:
-    if not is_detection_config(args.config_file):
+    if config_kind(args.config_file) != "detection":
         raise UsageError(f"--whole: {args.config_file} is not a detection config (segmentation exports the backbone)")
     model, cfg = build_detector(args.config_file, args.weights, args.overrides, not args.unsafe_pickle)
     pad = int(cfg.model.backbone.square_pad)

@@ -6,7 +6,7 @@
         [--device cpu] [--batch-size N] [--tta] [--use-ema] [--unsafe-pickle] [--allow-partial] \
         [--data JSON IMAGES] [key=value ...]
 
-The inference tools' shared convention (eva02.backbone.cli): OUTPUT/NAME.png is the image with its predictions
+The inference tools' shared convention (eva02.common.cli): OUTPUT/NAME.png is the image with its predictions
 drawn by detectron2's Visualizer; OUTPUT/results.json lists the images done (with their detection count) and the
 unreadable ones (missing, not an image, truncated), which are skipped and make the exit status 1.
 OUTPUT/predictions.json holds the detections in the COCO dataset layout: `images` (id, file_name, height,
@@ -26,6 +26,10 @@ import json
 import sys
 from pathlib import Path
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 import cv2
 import pycocotools.mask as mask_util
 from detectron2.data.catalog import Metadata
@@ -34,8 +38,8 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
-from eva02.backbone.checkpoint import atomic_write
-from eva02.backbone.cli import InferenceResults, add_inference_args, list_images, run_tool
+from eva02.common.files import atomic_write
+from eva02.common.cli import InferenceResults, add_inference_args, list_images, run_tool
 from eva02.det.config import load_config
 from eva02.det.engine import setup_datasets
 from eva02.det.evaluation import dataset_id_map, to_coco_results

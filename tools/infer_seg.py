@@ -5,7 +5,7 @@
         [--data DATA] [--batch-size N] [--tta] [--opacity 0.5] [--device cpu] [--allow-partial] [--unsafe-pickle] \
         [KEY=VALUE ...]
 
-The inference convention of eva02.backbone.cli. CHECKPOINT: one of ours or a released official EVA-02 UperNet
+The inference convention of eva02.common.cli. CHECKPOINT: one of ours or a released official EVA-02 UperNet
 (read by eva02.seg.load_segmentor_checkpoint; a model weight it leaves unloaded stops the run unless
 --allow-partial is given). --data DATA: a model trained on your own data (tools/train_seg.py --data): the heads
 are sized for, and the legend names, the classes of DATA/classes.txt (the image folders are not needed).
@@ -22,11 +22,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from eva02.backbone.cli import InferenceResults, add_inference_args, list_images, run_tool
+from eva02.common.cli import InferenceResults, add_inference_args, list_images, run_tool
 from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
 from eva02.seg.run import read_config

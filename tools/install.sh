@@ -31,9 +31,9 @@ echo "[install] editable install of this checkout's eva02"
 import sys
 from pathlib import Path
 
-import eva02.backbone, eva02.det, eva02.seg  # noqa: E401, F401 -- the full stack imports
+import eva02.backbone, eva02.common, eva02.det, eva02.seg  # noqa: E401, F401 -- the full stack imports
 root = Path(sys.argv[1]).resolve()
-for name in ("eva02.backbone", "eva02.det", "eva02.seg"):
+for name in ("eva02.backbone", "eva02.common", "eva02.det", "eva02.seg"):
     where = Path(sys.modules[name].__file__).resolve()
     if root not in where.parents:
         sys.exit(f"[install] {name} imports from {where}, outside this checkout {root}: remove that install")

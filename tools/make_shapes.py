@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the generated shapes (eva02.backbone.demo) as a dataset of your own: data to try the own-data path on.
+"""Write the generated shapes (eva02.common.shapes) as a dataset of your own: data to try the own-data path on.
 
     .venv/bin/python tools/make_shapes.py --output data/my_shapes --layout coco --classes disk,square,triangle
 
@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.backbone.cli import UsageError, run_tool
-from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
+from eva02.common.cli import UsageError, run_tool
+from eva02.common.shapes import SHAPE_CLASSES
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Plan GPU memory for a detection or segmentation config, without a GPU.
 
-    python tools/plan_memory.py --config-file CONFIG [--batch 2] [--size PX] [--amp fp16|bf16|off]
+    python tools/plan_memory.py --config-file CONFIG [--batch 2] [--size PX] [--precision fp32|fp16|bf16]
         [--checkpointing on|off] [--gpus 8] [--mode train|test|both] [--gpu-memory GB] [KEY=VALUE ...]
 
-Runs the config's own model, optimizer and training step on fake tensors (eva02.backbone.memory: shapes, no
+Runs the config's own model, optimizer and training step on fake tensors (eva02.common.memory: shapes, no
 values, no device) and prints the peak memory one GPU needs for a training step and for inference with
 `--batch` images of --size x --size per GPU (default: the config's crop / test size). The count is what
 torch.cuda.max_memory_allocated reports; "needed" adds the caching allocator's fragmentation (10%), the CUDA
@@ -25,13 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from eva02.backbone.cli import UsageError, add_common_args, run_tool
-from eva02.backbone.memory import ATTENTION_KERNELS, CUDA_OVERHEAD_BYTES, FRAGMENTATION, fits, gib, largest_fitting
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
+from eva02.common.cli import UsageError, add_common_args, config_kind, run_tool
+from eva02.common.memory import ATTENTION_KERNELS, CUDA_OVERHEAD_BYTES, FRAGMENTATION, fits, gib, largest_fitting
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Estimate the GPU memory of a config's training step and inference")
-    add_common_args(p, "config", "amp", "overrides")
+    add_common_args(p, "config", "precision", "overrides")
     p.add_argument("--batch", type=int, default=2, metavar="N", help="images per GPU (default 2)")
     p.add_argument("--size", type=int, metavar="PX", help="input side in pixels (default: the config's)")
     p.add_argument("--checkpointing", choices=("on", "off"),
@@ -61,11 +65,12 @@ class Planner:
         path = Path(args.config_file)
         if not path.is_file():
             raise UsageError(f"--config-file {path}: no such file")
-        self.detection = _is_detection(path)
+        self.detection = config_kind(path) == "detection"
         common = dict(target="cuda", attention=args.attention, gpus=args.gpus)
         if self.detection:
             from eva02.det.config import load_config
-            from eva02.det.memory import DEFAULT_OBJECTS, config_amp, plan_detector
+            from eva02.det.engine import config_precision
+            from eva02.det.memory import DEFAULT_OBJECTS, plan_detector
 
             if args.classes is not None:
                 raise UsageError("--classes is for segmentation configs; detection takes --objects")
@@ -73,10 +78,11 @@ class Planner:
             self.size = args.size or int(self.cfg.model.backbone.square_pad)
             self._plan = lambda **kw: plan_detector(self.cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
                                                     detections=args.detections, **common, **kw)
-            self.amp_default = config_amp(self.cfg)
+            self.precision_default = config_precision(self.cfg)
             backbone = self.cfg.model.backbone.net
         else:
-            from eva02.seg.memory import DEFAULT_CLASSES, config_amp, plan_segmentor
+            from eva02.seg.memory import DEFAULT_CLASSES, plan_segmentor
+            from eva02.seg.optim import config_precision
             from eva02.seg.run import read_config
 
             if args.objects is not None or args.detections is not None:
@@ -85,35 +91,26 @@ class Planner:
             self.size = args.size or int(self.cfg.model.data_preprocessor.size[0])
             self._plan = lambda **kw: plan_segmentor(self.cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
                                                      **common, **kw)
-            self.amp_default = config_amp(self.cfg)
+            self.precision_default = config_precision(self.cfg)
             backbone = self.cfg.model.backbone
         self.checkpointing_default = bool(backbone.get("use_checkpoint", False))
         self.compiled = bool(backbone.get("compile_blocks", False))
-        self._traced = {}  # (batch, train, amp, checkpointing) -> estimate: the search re-asks the report's
+        self._traced = {}  # (batch, train, precision, checkpointing) -> estimate: the search re-asks the report's
         patch = int(backbone.get("patch_size", 16))
         if self.size % patch:
             raise UsageError(f"--size {self.size}: must be a multiple of the patch size {patch}")
 
-    def plan(self, batch: int, train: bool, amp: str, checkpointing: bool):
-        key = (batch, train, amp, checkpointing)
+    def plan(self, batch: int, train: bool, precision: str, checkpointing: bool):
+        key = (batch, train, precision, checkpointing)
         if key in self._traced:
             return self._traced[key]
         start = time.perf_counter()
-        estimate = self._plan(batch=batch, train=train, amp=amp, checkpointing=checkpointing)
+        estimate = self._plan(batch=batch, train=train, precision=precision, checkpointing=checkpointing)
         what = "training step" if train else "inference"
-        print(f"  traced {what}, batch {batch}, AMP {amp}, checkpointing {'on' if checkpointing else 'off'}: "
+        print(f"  traced {what}, batch {batch}, {precision}, checkpointing {'on' if checkpointing else 'off'}: "
               f"{gib(estimate.peak):.2f} GiB ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
         self._traced[key] = estimate
         return estimate
-
-
-def _is_detection(path: Path) -> bool:
-    """A detectron2 LazyConfig (its model is a LazyCall); mmengine configs hold plain dicts with a `type`."""
-    if "_base_" in path.read_text():
-        return False
-    from detectron2.config import LazyConfig
-
-    return "_target_" in LazyConfig.load(str(path)).get("model", {})
 
 
 def _report(title: str, estimate, gpu_bytes: float | None) -> None:
@@ -134,30 +131,30 @@ def _report(title: str, estimate, gpu_bytes: float | None) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     planner = Planner(args)
-    amp = args.amp or planner.amp_default
+    precision = args.precision or planner.precision_default
     checkpointing = planner.checkpointing_default if args.checkpointing is None else args.checkpointing == "on"
     gpu_bytes = args.gpu_memory * 2**30 if args.gpu_memory else None
     kind = "detection" if planner.detection else "segmentation"
     print(f"{args.config_file} ({kind}): {args.batch} image(s) of {planner.size}x{planner.size} per GPU, "
-          f"AMP {amp}, activation checkpointing {'on' if checkpointing else 'off'}, {args.gpus} GPU(s), "
+          f"precision {precision}, activation checkpointing {'on' if checkpointing else 'off'}, {args.gpus} GPU(s), "
           f"attention {args.attention}")
     if planner.compiled:
         print("compile_blocks is on: the blocks are traced eagerly (compiled ones usually keep fewer intermediates)")
     if args.mode in ("train", "both"):
-        estimate = planner.plan(args.batch, True, amp, checkpointing)
+        estimate = planner.plan(args.batch, True, precision, checkpointing)
         _report("training step", estimate, gpu_bytes)
     if args.mode in ("test", "both"):
-        _report("inference (fp32, no gradients)", planner.plan(args.batch, False, "off", checkpointing), gpu_bytes)
+        _report("inference (fp32, no gradients)", planner.plan(args.batch, False, "fp32", checkpointing), gpu_bytes)
     if gpu_bytes is not None and args.mode in ("train", "both"):
         print(f"largest training batch per GPU that fits in {args.gpu_memory:g} GiB:")
-        settings = [(amp, checkpointing)]
+        settings = [(precision, checkpointing)]
         if not checkpointing:
-            settings.append((amp, True))
-        if amp == "off":
+            settings.append((precision, True))
+        if precision == "fp32":
             settings += [("fp16", checkpointing), ("fp16", True)]
-        for amp_s, ckpt in dict.fromkeys(settings):
-            n, _ = largest_fitting(lambda b: planner.plan(b, True, amp_s, ckpt), gpu_bytes, limit=args.max_batch)
-            label = f"AMP {amp_s}, checkpointing {'on' if ckpt else 'off'}"
+        for precision_s, ckpt in dict.fromkeys(settings):
+            n, _ = largest_fitting(lambda b: planner.plan(b, True, precision_s, ckpt), gpu_bytes, limit=args.max_batch)
+            label = f"{precision_s}, checkpointing {'on' if ckpt else 'off'}"
             print(f"  {label:<36} {n if n else 'none: even 1 image does not fit'}"
                   f"{' (or more: --max-batch)' if n == args.max_batch else ''}")
     return 0

@@ -14,7 +14,7 @@ TEACHER and the targets it gives (official: the CLIP-projected patch features he
     through the `norm` and `head` the file holds. EVA-CLIP towers with a GELU MLP go through timm (above).
 Targets are not re-normalized (the cosine loss ignores their length). Hyper-parameters default to
 the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). --resume continues from
-DIR/checkpoint.pt (flags follow eva02.backbone.cli's convention). Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
+DIR/checkpoint.pt (flags follow eva02.common.cli's convention). Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
 DIR/<model>_mim_p14.pt ({"module": ...}, the official MIM layout of the size: Ti/S packed w12 and fused qkv, B/L
 separate, RoPE buffers as the official model registers them) and DIR/<model>_mim_p14to16.pt (detection /
 segmentation init).
@@ -27,10 +27,14 @@ import logging
 import os
 import sys
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 import torch
 import torch.distributed as dist
 
-from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
+from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, export_official, pretrain
 from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME
@@ -47,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
     p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
     p.add_argument("--data", help="folder of training images (searched recursively)")
-    add_common_args(p, "output", "amp", "resume", "unsafe_pickle")
+    add_common_args(p, "output", "precision", "resume", "unsafe_pickle")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
     p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
@@ -145,7 +149,7 @@ def main(argv=None) -> int:
         max_steps=args.max_steps, batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr,
         min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         drop_path=args.drop_path, grad_clip=args.grad_clip, input_size=args.input_size, mask_ratio=args.mask_ratio,
-        amp={None: "auto", "off": "none"}.get(args.amp, args.amp), num_workers=args.workers, seed=args.seed,
+        precision=args.precision, num_workers=args.workers, seed=args.seed,
         save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
         use_checkpoint=args.use_checkpoint, compile_blocks=args.compile_blocks, arch=args.arch,
     )

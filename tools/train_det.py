@@ -8,8 +8,8 @@
     python tools/train_det.py --config-file configs/coco/eva02_L_sys_o365.py --eval-only --weights W.pth \
         dataloader.test.dataset.names=coco_2017_test-dev train.results_dir=out/testdev
 
-Flags (eva02.backbone.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
---device, --amp fp16|bf16|off (train.amp), --resume (continue at the last saved iteration of the output folder),
+Flags (eva02.common.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
+--device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output folder),
 --unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
 by default --eval-only needs every weight in the file and training the whole backbone), --eval-only,
 --train-data JSON IMAGES / --val-data JSON IMAGES (your own COCO-format data: eva02.det.own_data; heads of a
@@ -27,24 +27,24 @@ import sys
 # slowed a detector step ~10x here (2 cores). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from eva02.backbone.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool, world_size  # noqa: E402
+from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool, world_size  # noqa: E402
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 from eva02.det.own_data import use_own_data  # noqa: E402
 
-AMP = {"fp16": dict(enabled=True, precision="float16"), "bf16": dict(enabled=True, precision="bfloat16"),
-       "off": dict(enabled=False)}
-
-
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    add_common_args(parser, "amp", "unsafe_pickle")
+    add_common_args(parser, "precision", "unsafe_pickle")
     parser.add_argument("--output", metavar="DIR", help="train.output_dir: checkpoints, logs, results")
     parser.add_argument("--weights", metavar="PATH", help="train.init_checkpoint: weights to start from / evaluate")
     parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
@@ -63,8 +63,10 @@ def config_from_args(args):
     cfg = load_config(args.config_file, args.opts)
     flags = dict(output_dir=args.output, init_checkpoint=args.weights, device=args.device)
     cfg.train.update({key: value for key, value in flags.items() if value is not None})
-    if args.amp:
-        cfg.train.amp.update(AMP[args.amp])
+    if args.precision:
+        cfg.train.amp.enabled = args.precision != "fp32"
+        if cfg.train.amp.enabled:
+            cfg.train.amp.precision = args.precision
     if args.unsafe_pickle:
         cfg.train.init_weights_only = False
     if args.allow_partial:

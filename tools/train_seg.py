@@ -2,11 +2,11 @@
 """Train a segmentor (mmseg) with the EVA-02 TrV.
 
     python tools/train_seg.py --config-file CONFIG [--output WORK_DIR] [--data DIR] [--weights CHECKPOINT]
-        [--allow-partial] [--resume] [--amp fp16|bf16|off] [--unsafe-pickle] [KEY=VALUE ...]
+        [--allow-partial] [--resume] [--precision fp32|fp16|bf16] [--unsafe-pickle] [KEY=VALUE ...]
     torchrun --nproc_per_node N tools/train_seg.py --config-file CONFIG ...      # DDP (gloo on CPU, nccl on GPU)
 
 --output: where logs and checkpoints go (default work_dirs/CONFIG_NAME). --resume continues from the latest
-checkpoint there (model, optimizer, scheduler, iteration). --amp overrides the config's precision; the paper
+checkpoint there (model, optimizer, scheduler, iteration). --precision overrides the config's; the paper
 configs train in fp16 AMP on a GPU, and a CPU-only machine trains them in fp32 and says so.
 --data DIR: train and validate on your own data in mmseg's custom layout (DIR/classes.txt, DIR/img_dir/{train,val},
 DIR/ann_dir/{train,val}; eva02.seg.own_data), the heads sized for its classes.
@@ -22,16 +22,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eva02.common.cli import quiet_third_party_warnings
+
+quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
+
 from mmengine.runner import Runner
 
-from eva02.backbone.cli import EXIT_OK, add_common_args, run_tool
+from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 from eva02.seg.hooks import SegmentorWeightsHook, name_files_in_load_errors
-from eva02.seg.run import apply_amp, init_cpu_process_group, load_config
+from eva02.seg.run import apply_precision, init_cpu_process_group, load_config
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an EVA-02 segmentor (mmseg)")
-    add_common_args(p, "config", "amp", "resume", "unsafe_pickle", "overrides")
+    add_common_args(p, "config", "precision", "resume", "unsafe_pickle", "overrides")
     p.add_argument("--output", metavar="DIR", help="work dir: logs and checkpoints (default: work_dirs/CONFIG_NAME)")
     p.add_argument("--data", metavar="DIR", help="your own data: DIR/classes.txt, img_dir/{train,val}, ann_dir/...")
     p.add_argument("--weights", metavar="PATH",
@@ -44,7 +48,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.output, args.overrides, args.data)
-    print(f"train_seg: {apply_amp(cfg, args.amp)}")
+    print(f"train_seg: precision {apply_precision(cfg, args.precision)}")
     cfg.resume = args.resume
     if args.unsafe_pickle:
         cfg.model.backbone.pretrained_weights_only = False

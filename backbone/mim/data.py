@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cli import IMAGE_EXTENSIONS
+from eva02.common.cli import IMAGE_EXTENSIONS
 from .recipe import CLIP_MEAN, CLIP_STD
 
 __all__ = ["DEFAULT_MASK_RATIO", "BlockMaskGenerator", "MaskBlock", "IMAGE_EXTENSIONS", "MIMImageFolder",

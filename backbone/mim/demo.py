@@ -6,15 +6,17 @@ import os
 import torch
 from torch import nn
 
-from ..checkpoint import save_atomic, to_official
-from ..demo import draw_scene
+from eva02.common.files import save_atomic
+from eva02.common.shapes import draw_scene
+
+from ..checkpoint import to_official
 from ..trv import create_trv
 
 __all__ = ["write_demo_images", "write_random_teacher"]
 
 
 def write_demo_images(folder: str | os.PathLike, count: int, size: int = 64, seed: int = 0) -> list[str]:
-    """Writes `count` PNGs of the generated shapes (eva02.backbone.demo): the embedded default data of the demo
+    """Writes `count` PNGs of the generated shapes (eva02.common.shapes): the embedded default data of the demo
     and the tests, structured enough for a teacher's features to vary with it."""
     import numpy as np
     from PIL import Image

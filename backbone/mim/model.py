@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eva02.common.files import save_atomic
+
 from ..checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read_state_dict, read_weights,
-                          resize_pos_embed, save_atomic, to_official)
+                          resize_pos_embed, to_official)
 from ..rope import rope_table
 from ..trv import TrV, create_trv
 

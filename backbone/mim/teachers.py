@@ -1,7 +1,6 @@
 """Frozen MIM teachers and the targets each computes (see FrozenTeacher)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -12,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eva02.common.precision import autocast
+
 from ..checkpoint import LoadReport, infer_trv_config, load_checkpoint, read_weights, to_trv_names
 from ..trv import TrV
 from .recipe import CLIP_MEAN, CLIP_STD
@@ -19,13 +20,6 @@ from .recipe import CLIP_MEAN, CLIP_STD
 __all__ = ["FrozenTeacher", "TrVTeacher", "TimmTeacher", "build_teacher", "autocast"]
 
 log = logging.getLogger("eva02.mim")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast for `dtype` on the device's type; a no-op context for None (fp32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class FrozenTeacher(nn.Module):

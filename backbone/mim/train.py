@@ -13,12 +13,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import remove_stale_temporaries, save_atomic
+from eva02.common.files import remove_stale_temporaries, save_atomic
+from eva02.common.precision import autocast, autocast_dtype
+
 from ..layer_decay import MIM_NO_DECAY, param_groups
 from .data import DEFAULT_MASK_RATIO, MIMImageFolder, epoch_keys
 from .model import create_mim_student, mim_loss, read_training_checkpoint
 from .recipe import RECIPES, cosine_lr
-from .teachers import FrozenTeacher, autocast, build_teacher
+from .teachers import FrozenTeacher, build_teacher
 
 __all__ = ["PretrainConfig", "pretrain", "CHECKPOINT_NAME", "LOG_NAME"]
 
@@ -53,7 +55,7 @@ class PretrainConfig:
     grad_clip: float | None = None
     input_size: int = 224
     mask_ratio: float = DEFAULT_MASK_RATIO
-    amp: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "fp16", "bf16", "none"
+    precision: str | None = None  # fp32 / fp16 / bf16 (eva02.common.precision); None: bf16 on a GPU that has it, else fp32
     num_workers: int = 4
     seed: int = 0
     save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)
@@ -71,13 +73,10 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
+def _autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    if precision is None:  # the default: bf16 where the GPU has it
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    choices = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if amp not in choices:
-        raise ValueError(f"amp must be one of auto, {', '.join(choices)}; got {amp!r}")
-    return choices[amp]
+    return autocast_dtype(precision)
 
 
 def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
@@ -97,7 +96,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     rank, world = _dist_info()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = RECIPES[cfg.model]
-    amp_dtype = _amp_dtype(cfg.amp, device)
+    amp_dtype = _autocast_dtype(cfg.precision, device)
     grad_clip = recipe.grad_clip if cfg.grad_clip is None else cfg.grad_clip
 
     dataset = MIMImageFolder(cfg.data, cfg.input_size, 14, recipe.crop_scale, cfg.mask_ratio, seed=cfg.seed)

@@ -17,7 +17,7 @@
 #                multi-scale with the EVA-02 UperNet ratios 0.5-1.75 and resize rule (EVA-01: short sides
 #                512-1280, step 128).
 #   precision    fp32 by default (the EVA-02 UperNet runs were fp16; mmcv's deformable attention is safest in
-#                fp32): tools/train_seg.py --amp turns fp16 AMP on.
+#                fp32): tools/train_seg.py --precision fp16 turns AMP on.
 # Data: COCO-Stuff-164K in mmseg's layout under $COCO_STUFF_ROOT (default data/coco_stuff164k), labels made by
 # mmseg's tools/dataset_converters/coco_stuff164k.py. Pretrained TrV: model.backbone.pretrained=PATH.
 _base_ = [

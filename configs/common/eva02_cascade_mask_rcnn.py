@@ -86,7 +86,7 @@ train.update(
     # False: training needs the whole backbone from init_checkpoint, evaluation every weight; True loads what fits
     init_allow_partial=False,
     max_iter=60000,
-    amp=dict(enabled=True, precision="float16"),  # Tables 27-33: fp16 ("float16" | "bfloat16")
+    amp=dict(enabled=True, precision="fp16"),  # Tables 27-33: fp16 ("fp16" | "bf16", eva02.common.precision)
     # With EMA, evaluation during training scores both the raw and the EMA weights (official); use_for_eval
     # picks the EMA weights for --eval-only (official `use_ema_weights_for_eval_only`).
     model_ema=dict(enabled=False, decay=0.9999, use_for_eval=True),

@@ -2,14 +2,14 @@
 
     .venv/bin/python tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
 
-Generates the data (disks, squares, triangles and crosses with polygon masks, eva02.backbone.demo) under output/demo_det/data on first use,
+Generates the data (disks, squares, triangles and crosses with polygon masks, eva02.common.shapes) under output/demo_det/data on first use,
 trains for a few minutes on 2 CPU cores, evaluates box and mask AP with COCOEvaluator and draws predictions of
 the validation images into output/demo_det/predictions/. Not a paper config: values are tuned for the demo.
 """
 from detectron2.config import LazyCall as L
 
 from eva02.det.config import set_head_width, set_input_size, step_schedule
-from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.common.shapes import SHAPE_CLASSES
 from eva02.det.demo import prepare_shapes
 
 from ..common.eva02_cascade_mask_rcnn import dataloader, model, optimizer, train

@@ -19,7 +19,7 @@ custom_imports = dict(imports=["eva02.seg", "eva02.seg.demo"], allow_failed_impo
 data_root = "{{$SHAPES_ROOT:output/demo/shapes_data}}"
 image_size = 128
 crop_size = (image_size, image_size)
-num_classes = 5  # eva02.seg.demo.SHAPES_CLASSES: background + the 4 shapes of eva02.backbone.demo
+num_classes = 5  # eva02.seg.demo.SHAPES_CLASSES: background + the 4 shapes of eva02.common.shapes
 embed_dim = 192  # EVA-02-Ti width (Table 5)
 norm_cfg = dict(type="BN", requires_grad=True)  # CPU: no SyncBN
 generate = dict(num_train=400, num_val=50, size=image_size, seed=0)

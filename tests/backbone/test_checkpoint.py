@@ -214,7 +214,7 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from eva02.backbone.checkpoint import atomic_write, remove_stale_temporaries
+    from eva02.common.files import atomic_write, remove_stale_temporaries
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)  # a process that has exited

@@ -59,7 +59,7 @@ def test_table_values(name):
     assert (heads.nms_method, heads.maskness_thresh) == (nms, maskness)
     assert heads.soft_nms_topk is False and heads.soft_nms_min_score == 1e-3  # official: every survivor evaluated
     assert cfg.train.ddp.fp16_compression is True  # official DDP setting
-    assert cfg.train.amp.enabled and cfg.train.amp.precision == "float16"
+    assert cfg.train.amp.enabled and cfg.train.amp.precision == "fp16"
     assert cfg.train.model_ema.enabled is (ema is not None)
     if ema is not None:
         assert cfg.train.model_ema.decay == ema
@@ -98,7 +98,7 @@ def test_shared_structure():
     ("dataloader.train.mapper.augmentations.7.min_scale=0.2", "dataloader.train.mapper.augmentations.1.min_scale"),
 ])
 def test_an_override_key_the_config_lacks_is_an_error_naming_the_closest(override, closest):
-    from eva02.backbone.cli import UsageError
+    from eva02.common.cli import UsageError
     from eva02.det.config import apply_overrides
 
     with pytest.raises(UsageError, match=f"override {override.split('=')[0]}: the config has no key") as error:

@@ -7,7 +7,7 @@ import torch
 from detectron2.data import DatasetCatalog
 from pycocotools import mask as mask_util
 
-from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.common.shapes import SHAPE_CLASSES
 from eva02.det.data import DATASET_LAYOUT, register_all
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.lvis import FedLossClassWeights, NUM_LVIS_CLASSES

@@ -11,7 +11,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data.detection_utils import read_image
 
-from eva02.backbone.cli import UsageError
+from eva02.common.cli import UsageError
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.own_data import check_coco_json
 from eva02.det.predictor import Predictor

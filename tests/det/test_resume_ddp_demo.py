@@ -8,7 +8,7 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.engine import HookBase
 
-from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.common.shapes import SHAPE_CLASSES
 from eva02.det.engine import run
 from tool_process import run_tool
 

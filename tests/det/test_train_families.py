@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from eva02.backbone.demo import SHAPE_CLASSES
+from eva02.common.shapes import SHAPE_CLASSES
 from eva02.det.checkpoint import EVACheckpointer
 from eva02.det.engine import build_model, do_test, run
 

@@ -307,11 +307,11 @@ def test_resuming_a_finished_run_trains_nothing(uninterrupted_cli, image_folder,
     assert os.stat(done / "checkpoint.pt").st_mtime_ns == saved.st_mtime_ns
 
 
-@pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_mixed_precision_matches_fp32(tmp_path, image_folder, teacher_ckpt, amp):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_matches_fp32(tmp_path, image_folder, teacher_ckpt, precision):
     kw = dict(max_steps=2, batch_size=4, arch=SMALL)
-    ref = pretrain(config(tmp_path, image_folder, teacher_ckpt, "fp32", amp="none", **kw))["history"]
-    low = pretrain(config(tmp_path, image_folder, teacher_ckpt, amp, amp=amp, **kw))["history"]
+    ref = pretrain(config(tmp_path, image_folder, teacher_ckpt, "fp32", precision="fp32", **kw))["history"]
+    low = pretrain(config(tmp_path, image_folder, teacher_ckpt, precision, precision=precision, **kw))["history"]
     assert low[0]["loss"] != ref[0]["loss"]  # autocast did run in low precision
     for i, (a, b) in enumerate(zip(ref, low)):
         if not all(math.isfinite(h["grad_norm"]) for h in low[:i]):
@@ -325,7 +325,7 @@ def test_command_line_tool(tmp_path, image_folder, teacher_ckpt):
     cmd = [os.path.join(REPO, "tools", "pretrain_mim.py"), "--model", "eva02_Ti",
            "--teacher", str(teacher_ckpt), "--data", str(image_folder), "--output", str(out),
            "--input-size", "112", "--batch-size", "4", "--accum-steps", "2", "--max-steps", "3", "--workers", "1",
-           "--lr", "1e-3", "--amp", "bf16",
+           "--lr", "1e-3", "--precision", "bf16",
            "--arch", "depth=2", "--export"]
     run = run_tool(*cmd, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -148,7 +148,7 @@ def test_configs_build_on_base_pieces_only(repo, name):
     ("model.decode_head.num_clases=3", "model.decode_head.num_classes"),
 ])
 def test_an_override_key_the_config_lacks_is_an_error_naming_the_closest(repo, override, closest):
-    from eva02.backbone.cli import UsageError
+    from eva02.common.cli import UsageError
     from eva02.seg.run import load_config
 
     with pytest.raises(UsageError, match=f"override {override.split('=')[0]}: the config has no key.*"

@@ -126,7 +126,7 @@ def test_infer_writes_overlays_and_skips_bad_images(demo_run, repo, run_tool, tm
     assert "skipped unreadable" in proc.stderr and "broken.jpg" in proc.stderr
     assert re.search(r"truncated\.jpg: image file is truncated", proc.stderr)
     assert "2 of 4 images done (batch size 1), 2 unreadable" in proc.stdout
-    results = json.loads((tmp_path / "out" / "results.json").read_text())  # eva02.backbone.cli.InferenceResults
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # eva02.common.cli.InferenceResults
     assert results["config"] == DEMO and results["weights"] == ckpt
     assert results["unreadable_images"] == 2
     assert sorted(Path(r["file_name"]).name for r in results["unreadable_files"]) == ["broken.jpg", "truncated.jpg"]

@@ -4,7 +4,7 @@
     --weights PATH         the checkpoint to evaluate or run: ours or an official release
     --input PATH           an image or a folder of images;  --output DIR: where results go
     --device DEVICE        default: cuda when a GPU exists, else cpu
-    --amp fp16|bf16|off    mixed precision of a training run; default: what the config says
+    --precision fp32|fp16|bf16   numeric precision of a training run (eva02.common.precision); default: the config's
     --resume               continue a training run from the last checkpoint in --output
     --unsafe-pickle        read checkpoints with weights_only=False (runs pickled code: trusted files only)
     --debug                a full traceback instead of the one-line error
@@ -27,27 +27,50 @@ import argparse
 import difflib
 import inspect
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .checkpoint import atomic_write
+from .files import atomic_write
+from .precision import PRECISIONS
 
-__all__ = ["IMAGE_EXTENSIONS", "AMP_CHOICES", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError",
-           "default_device", "InferenceResults", "add_common_args", "add_inference_args", "check_override_keys",
-           "list_images", "run_tool", "takes_argument", "world_size"]
+__all__ = ["IMAGE_EXTENSIONS", "EXIT_OK", "EXIT_PARTIAL", "EXIT_BAD_INPUT", "UsageError", "default_device",
+           "InferenceResults", "add_common_args", "add_inference_args", "check_override_keys", "config_kind",
+           "list_images", "quiet_third_party_warnings", "run_tool", "takes_argument", "world_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-AMP_CHOICES = ("fp16", "bf16", "off")
 EXIT_OK, EXIT_PARTIAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad input the user can fix; its message is the one line the tool prints."""
+
+
+# Third-party warnings every run would print, none of them about the user's input: deprecations inside the
+# frameworks, torch's meshgrid notice (called inside torchvision / detectron2), mmseg's loss-builder notices and
+# torch.fx's tracing notice (a log record, not a warning).
+_THIRD_PARTY = r"(torch|torchvision|detectron2|fvcore|iopath|mmengine|mmcv|mmseg|mmdet|timm|pycocotools|lvis)(\.|$)"
+_KNOWN_USER_WARNINGS = (r"torch\.meshgrid: in an upcoming release", r"``build_loss`` would be deprecated",
+                        r"Default ``avg_non_ignore`` is False")
+
+
+def quiet_third_party_warnings(argv: Sequence[str] | None = None) -> None:
+    """Hides the known third-party warnings (above) for this process, unless --debug is on the command line.
+    Each tool calls it first thing, before the frameworks' imports; importing the library changes no filter."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--debug" in argv:
+        return
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY)
+    for message in _KNOWN_USER_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def default_device() -> str:
@@ -61,7 +84,7 @@ def world_size() -> int:
 
 def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     """Adds the named flags of the convention (module docstring) with their shared help and defaults:
-    "config", "weights", "input", "output", "device", "amp", "resume", "unsafe_pickle", "overrides".
+    "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides".
     --debug is always added."""
     specs = {
         "config": (("--config-file",), dict(required=True, metavar="PATH", help="the config file")),
@@ -70,7 +93,8 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         "input": (("--input",), dict(required=True, help="an image, or a folder of images (not recursive)")),
         "output": (("--output",), dict(required=True, metavar="DIR", help="folder for the results")),
         "device": (("--device",), dict(default=default_device(), help="default: cuda when a GPU exists, else cpu")),
-        "amp": (("--amp",), dict(choices=AMP_CHOICES, help="mixed precision (default: what the config says)")),
+        "precision": (("--precision",), dict(choices=list(PRECISIONS),
+                                             help="fp32, or fp16 / bf16 autocast (default: what the config says)")),
         "resume": (("--resume",), dict(action="store_true",
                                        help="continue from the last checkpoint in the output folder")),
         "unsafe_pickle": (("--unsafe-pickle",), dict(
@@ -194,6 +218,21 @@ def check_override_keys(config, keys, new_key_ok: Callable[[Any, str], bool] | N
             close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise UsageError(f"override {key}: the config has no key {missing}{hint}")
+
+
+def config_kind(path: str | os.PathLike) -> str:
+    """"detection" for a detectron2 LazyConfig (its `model` is a LazyCall), else "segmentation" (an mmengine
+    config: `_base_` inheritance, plain dicts with a `type`). The one test of a config's framework every tool
+    uses; detectron2 is imported only when the text leaves the question open."""
+    if "_base_" in Path(path).read_text():  # mmengine inheritance, which LazyConfig cannot load
+        return "segmentation"
+    from detectron2.config import LazyConfig
+
+    try:
+        cfg = LazyConfig.load(str(path))
+    except Exception:  # noqa: BLE001  (not a LazyConfig: mmengine reports what is wrong with it)
+        return "segmentation"
+    return "detection" if "_target_" in (cfg.get("model") or {}) else "segmentation"
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:

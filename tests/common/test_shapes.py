@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.path import Path
 
-from eva02.backbone.demo import SHAPE_CLASSES, draw_scene, polygon_mask, shape_polygon
+from eva02.common.shapes import SHAPE_CLASSES, draw_scene, polygon_mask, shape_polygon
 
 # Area of each shape with circumradius 1: 32-gon, square, equilateral triangle, cross of arms 2/3 wide.
 UNIT_AREA = {"disk": 16 * np.sin(2 * np.pi / 32), "square": 2.0, "triangle": 3 * np.sqrt(3) / 4,

@@ -1,4 +1,4 @@
-"""The fake-tensor memory trace (eva02.backbone.memory) against closed forms and against the CPU allocator's own
+"""The fake-tensor memory trace (eva02.common.memory) against closed forms and against the CPU allocator's own
 records of the same code run for real (measure_peak: the profiler's allocation events)."""
 import importlib.util
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eva02.backbone.memory import (CUDA_OVERHEAD_BYTES, FRAGMENTATION, MemoryEstimate, estimate_memory,
+from eva02.common.memory import (CUDA_OVERHEAD_BYTES, FRAGMENTATION, MemoryEstimate, estimate_memory,
                                    largest_fitting, measure_peak)
 
 MB = 1_000_000

@@ -1,8 +1,8 @@
-"""The class-row rule (eva02.backbone.class_rows) on hand-laid tensors."""
+"""The class-row rule (eva02.common.class_rows) on hand-laid tensors."""
 import pytest
 import torch
 
-from eva02.backbone.class_rows import ClassRows, adapt_class_rows, relay_class_layers
+from eva02.common.class_rows import ClassRows, adapt_class_rows, relay_class_layers
 
 
 def rows(values, width=2):

@@ -32,7 +32,6 @@ import contextlib
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
-from unittest import mock
 
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
@@ -41,8 +40,10 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .upstream import patched
+
 __all__ = ["MemoryTrace", "MemoryEstimate", "estimate_memory", "fake_module", "largest_fitting", "measure_peak",
-           "fits", "gib", "amp_dtype", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
+           "fits", "gib", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
            "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
 
 TARGETS = ("cuda", "cpu")
@@ -61,13 +62,6 @@ _NOT_FOUND = object()
 
 def gib(n: float) -> float:
     return n / 2**30
-
-
-def amp_dtype(name: str) -> torch.dtype | None:
-    """Autocast dtype of an AMP setting as the tools and configs name it ("fp16", "bfloat16", "off", ...)."""
-    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "off": None}
-    return names[str(name).removeprefix("torch.")]
 
 
 _INDEXING = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._unsafe_index_put.default)
@@ -303,7 +297,7 @@ def attention_kernel(kernel: str) -> Iterator[None]:
                                                                 scale=scale)[0]
         return aten._scaled_dot_product_attention_math(q, k, v, None, dropout_p, is_causal, scale=scale)[0]
 
-    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", on_gpu):
+    with patched("sdpa", on_gpu):
         yield
 
 
@@ -365,7 +359,7 @@ def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.n
         fake_module(model, fake_mode, trace, device)
     kernel = attention_kernel(trace.attention) if target == "cuda" else contextlib.nullcontext()
     # torch._shape_as_tensor writes the sizes into a tensor's memory, which a fake tensor has not got
-    shape = mock.patch.object(torch, "_shape_as_tensor", lambda t: torch.tensor(list(t.shape)))
+    shape = patched("shape_as_tensor", lambda t: torch.tensor(list(t.shape)))
     with fake_mode, trace, kernel, shape:
         run(model, trace.phase)
     del model
