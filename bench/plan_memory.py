@@ -66,7 +66,8 @@ def seg_step(config: str, *args, narrow: bool = False, **kwargs):
 
 class Case(NamedTuple):
     """A row of docs/memory.md's table. step: () -> (build, run), the configs loaded when the row runs.
-    ratio: estimate / measured on the CPU, as this script printed it. slow: its real step takes minutes on 2 cores (`--paper`).
+    ratio: estimate / measured on the CPU, as this script printed it. slow: its real step takes minutes on 2 cores
+    (`--paper`).
     gpu_trace: tools/plan_memory.py traces it on a fake GPU for a GPU target (detector inference, so that
     detectron2's GPU code paths are taken; training is traced on the CPU device)."""
 

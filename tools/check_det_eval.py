@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
-from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, run_tool
 from eva02.det.demo import evaluate_voc_photo
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
 from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict
 from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names, unwrap_state_dict
-from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 from eva02.common.files import save_atomic
 
 

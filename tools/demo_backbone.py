@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from eva02.backbone import create_trv, load_checkpoint
 from eva02.common.files import save_atomic
-from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

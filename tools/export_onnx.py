@@ -39,14 +39,14 @@ import sys
 import time
 from pathlib import Path
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, config_kind,
+                              quiet_third_party_warnings, run_tool)
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
 import numpy as np
 import torch
 
-from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, config_kind, run_tool
 
 DET_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import InferenceResults, add_inference_args, list_images, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
@@ -39,7 +39,6 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from eva02.common.files import atomic_write
-from eva02.common.cli import InferenceResults, add_inference_args, list_images, run_tool
 from eva02.det.config import load_config
 from eva02.det.engine import setup_datasets
 from eva02.det.evaluation import dataset_id_map, to_coco_results

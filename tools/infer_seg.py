@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import InferenceResults, add_inference_args, list_images, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from eva02.common.cli import InferenceResults, add_inference_args, list_images, run_tool
 from eva02.seg.datasets import unreadable_image
 from eva02.seg.predictor import SegPredictor, overlay
 from eva02.seg.run import read_config

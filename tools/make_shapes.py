@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import UsageError, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
-from eva02.common.cli import UsageError, run_tool
 from eva02.common.shapes import SHAPE_CLASSES
 
 

@@ -25,11 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import UsageError, add_common_args, config_kind, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
-from eva02.common.cli import UsageError, add_common_args, config_kind, run_tool
 from eva02.common.memory import ATTENTION_KERNELS, CUDA_OVERHEAD_BYTES, FRAGMENTATION, fits, gib, largest_fitting
 
 

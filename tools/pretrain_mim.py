@@ -27,14 +27,13 @@ import logging
 import os
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
 import torch
 import torch.distributed as dist
 
-from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, export_official, pretrain
 from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME

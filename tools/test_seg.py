@@ -26,7 +26,7 @@ import os
 import sys
 from pathlib import Path
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
@@ -36,7 +36,6 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from eva02.common.files import atomic_write
-from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool
 from eva02.seg import load_segmentor_checkpoint
 from eva02.seg.run import init_cpu_process_group, load_config
 

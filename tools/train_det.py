@@ -27,7 +27,8 @@ import sys
 # slowed a detector step ~10x here (2 cores). Must be set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, quiet_third_party_warnings,
+                              run_tool, world_size)
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
@@ -37,10 +38,10 @@ from detectron2.engine import default_argument_parser, default_setup, launch  # 
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from eva02.common.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_common_args, run_tool, world_size  # noqa: E402
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 from eva02.det.own_data import use_own_data  # noqa: E402
+
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)

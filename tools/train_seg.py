@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from eva02.common.cli import quiet_third_party_warnings
+from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warnings, run_tool
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
 from mmengine.runner import Runner
 
-from eva02.common.cli import EXIT_OK, add_common_args, run_tool
 from eva02.seg.hooks import SegmentorWeightsHook, name_files_in_load_errors
 from eva02.seg.run import apply_precision, init_cpu_process_group, load_config
 

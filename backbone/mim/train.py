@@ -55,7 +55,7 @@ class PretrainConfig:
     grad_clip: float | None = None
     input_size: int = 224
     mask_ratio: float = DEFAULT_MASK_RATIO
-    precision: str | None = None  # fp32 / fp16 / bf16 (eva02.common.precision); None: bf16 on a GPU that has it, else fp32
+    precision: str | None = None  # fp32 / fp16 / bf16 (eva02.common.precision); None: bf16 on a GPU with it, else fp32
     num_workers: int = 4
     seed: int = 0
     save_every: int = 500  # optimizer steps between checkpoints (one is always written at the end)

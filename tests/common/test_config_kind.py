@@ -7,8 +7,12 @@ from eva02.common.cli import config_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where each kind lives, by the project's layout: detectron2 LazyConfigs and mmengine configs.
-DETECTION = sorted(str(p.relative_to(ROOT)) for d in ("coco", "lvis", "o365") for p in (ROOT / "configs" / d).glob("*.py"))
-SEGMENTATION = sorted(str(p.relative_to(ROOT)) for d in ("ade20k", "coco_stuff") for p in (ROOT / "configs" / d).glob("*.py"))
+def configs_in(*folders: str) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for d in folders for p in (ROOT / "configs" / d).glob("*.py"))
+
+
+DETECTION = configs_in("coco", "lvis", "o365")
+SEGMENTATION = configs_in("ade20k", "coco_stuff")
 
 
 @pytest.mark.parametrize("path, kind", [(p, "detection") for p in DETECTION + ["configs/demo/eva02_Ti_det.py"]]

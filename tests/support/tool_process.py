@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +107,6 @@ class _Timer:
     """Kills the child's process group when the call runs past its timeout."""
 
     def __init__(self, timeout: float, pid: int):
-        import threading
         self.fired = False
         self._timer = threading.Timer(timeout, self._kill, args=(pid,))
         self._timer.start()
