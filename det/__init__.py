@@ -11,10 +11,10 @@ Modules:
     engine      training / evaluation loop behind tools/train_det.py (AMP, EMA, DDP, checkpoints)
     roi_heads, postprocess, evaluation   soft-NMS, maskness, results writers
     own_data    your own COCO-format data (tools/train_det.py --train-data / --val-data)
-    predictor   Predictor: a config + weights on image paths or arrays -> Detections (boxes, scores, classes, masks)
+    predictor   DetPredictor: a config + weights on image paths or arrays -> Detections (boxes, scores, classes, masks)
     tta         DetectorTTA: multi-scale + flip test-time augmentation (dataloader.tta, --tta)
 Configs live in configs/{coco,lvis,o365,demo}; the shared base in configs/common.
 """
-from .predictor import Detections, Predictor
+from .predictor import Detections, DetPredictor
 
-__all__ = ["Detections", "Predictor"]
+__all__ = ["Detections", "DetPredictor"]

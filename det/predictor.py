@@ -1,11 +1,11 @@
-"""Predictor: a detector config + weights as a callable on images (what tools/infer_det.py runs).
+"""DetPredictor: a detector config + weights as a callable on images (what tools/infer_det.py runs).
 
-    from eva02.det import Predictor
-    predictor = Predictor("configs/coco/eva02_L_sys.py", "eva02_L_coco_sys.pth")   # device: cuda if present
+    from eva02.det import DetPredictor
+    predictor = DetPredictor("configs/coco/eva02_L_sys.py", "eva02_L_coco_sys.pth")   # device: cuda if present
     found = predictor("photo.jpg")                   # or an (H, W, 3) uint8 RGB array
     found.boxes, found.scores, found.classes, found.masks, found.class_names
     many = predictor.predict(["a.jpg", "b.jpg", bgr_array], batch_size=4, format="BGR")   # cv2 arrays: BGR
-    Predictor(cfg, weights, tta=True)                 # the config's dataloader.tta (multi-scale + flip)
+    DetPredictor(cfg, weights, tta=True)                 # the config's dataloader.tta (multi-scale + flip)
 
 The config's test transform (its test mapper's resize) is applied to each image; results are at the image's
 own size, on the CPU. Class names come from the checkpoint (ours store the training set's), else from the
@@ -33,7 +33,7 @@ from .checkpoint import EVACheckpointer
 from .config import load_config
 from .tta import build_tta
 
-__all__ = ["Detections", "Predictor", "test_dataset_metadata"]
+__all__ = ["Detections", "DetPredictor", "test_dataset_metadata"]
 
 logger = logging.getLogger("eva02.det")
 
@@ -62,7 +62,7 @@ class Detections:
                    [names[c] for c in classes], instances)
 
 
-class Predictor:
+class DetPredictor:
     """The config's model in eval mode with its weights and its test transform; call it on images.
 
     Args:

@@ -43,7 +43,7 @@ from eva02.det.config import load_config
 from eva02.det.engine import setup_datasets
 from eva02.det.evaluation import dataset_id_map, to_coco_results
 from eva02.det.own_data import use_own_data
-from eva02.det.predictor import Predictor, test_dataset_metadata
+from eva02.det.predictor import DetPredictor, test_dataset_metadata
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     if args.data:
         use_own_data(cfg.model, cfg.dataloader, None, args.data)
     setup_datasets(cfg)  # class names for drawing and the category ids of the json
-    predictor = Predictor(cfg, args.weights, args.device, args.score_thresh, args.use_ema,
+    predictor = DetPredictor(cfg, args.weights, args.device, args.score_thresh, args.use_ema,
                           weights_only=not args.unsafe_pickle, allow_partial=args.allow_partial, tta=args.tta)
     metadata = test_dataset_metadata(cfg)
     ids = dataset_id_map(metadata) if metadata.get("thing_classes") == predictor.class_names else None

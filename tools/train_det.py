@@ -43,20 +43,27 @@ from eva02.det.engine import run  # noqa: E402
 from eva02.det.own_data import use_own_data  # noqa: E402
 
 
-def parse_args(argv=None):
-    parser = default_argument_parser(__doc__)
-    add_common_args(parser, "precision", "unsafe_pickle")
+def add_evaluation_args(parser, weights_required: bool = False) -> None:
+    """The flags evaluating needs beside --unsafe-pickle (tools/test_det.py has only these; training adds
+    --precision and --train-data)."""
     parser.add_argument("--output", metavar="DIR", help="train.output_dir: checkpoints, logs, results")
-    parser.add_argument("--weights", metavar="PATH", help="train.init_checkpoint: weights to start from / evaluate")
+    parser.add_argument("--weights", metavar="PATH", required=weights_required,
+                        help="train.init_checkpoint: weights to start from / evaluate")
     parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="train.init_allow_partial: load the weights that fit, leave the others at their init")
-    parser.add_argument("--train-data", nargs=2, metavar=("JSON", "IMAGES"),
-                        help="your own training set: a COCO-format json and its image folder (eva02.det.own_data)")
     parser.add_argument("--val-data", nargs=2, metavar=("JSON", "IMAGES"),
-                        help="your own validation set (needed with --train-data; alone for --eval-only)")
+                        help="your own validation set (needed with --train-data; alone for evaluation)")
     parser.add_argument("--tta", action="store_true",
                         help="dataloader.tta.enabled: evaluate with test-time augmentation (eva02.det.tta)")
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser(__doc__)
+    add_common_args(parser, "precision", "unsafe_pickle")
+    add_evaluation_args(parser)
+    parser.add_argument("--train-data", nargs=2, metavar=("JSON", "IMAGES"),
+                        help="your own training set: a COCO-format json and its image folder (eva02.det.own_data)")
     return parser.parse_args(argv)
 
 
@@ -96,7 +103,11 @@ def main(args) -> int:
 
 
 def launch_main(argv=None) -> int:
-    args = parse_args(argv)
+    return launch_parsed(parse_args(argv))
+
+
+def launch_parsed(args) -> int:
+    """main(args) in this process, or in detectron2's --num-gpus processes; under torchrun, joins its group."""
     if world_size() > 1:  # under torchrun: one process of many, already started
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():

@@ -139,7 +139,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("tool, weights, expected", [
     ("infer_det.py", "missing.pth", "checkpoint file not found: {weights}"),  # was fvcore's AssertionError
     ("train_det.py", "junk.pkl", "{weights} is not a readable checkpoint ("),  # was a bare UnpicklingError
-], ids=["infer_det-missing", "train_det-damaged-pkl"])
+    ("test_det.py", "missing.pth", "checkpoint file not found: {weights}"),
+], ids=["infer_det-missing", "train_det-damaged-pkl", "test_det-missing"])
 def test_tools_name_the_bad_weights_file(tmp_path, tool, weights, expected):
     weights = tmp_path / weights
     if weights.suffix == ".pkl":  # detectron2's own reader of Detectron / Caffe2 pickles
@@ -147,8 +148,10 @@ def test_tools_name_the_bad_weights_file(tmp_path, tool, weights, expected):
     if tool == "infer_det.py":
         Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
         flags = ["--input", tmp_path / "photo.png", "--device", "cpu"]
-    else:
+    elif tool == "train_det.py":
         flags = ["--eval-only", "train.device=cpu"]
+    else:
+        flags = ["train.device=cpu"]
     proc = run_tool(ROOT / "tools" / tool, "--weights", weights, "--config-file", ROOT / "configs/demo/eva02_Ti_det.py",
                     "--output", tmp_path / "out", *flags, f"dataloader.setup.root={tmp_path / 'data'}",
                     "dataloader.setup.num_train=2", "dataloader.setup.num_val=2", timeout=600)

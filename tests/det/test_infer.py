@@ -14,7 +14,7 @@ from tool_process import run_tool
 
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.engine import setup_datasets
-from eva02.det.predictor import Predictor
+from eva02.det.predictor import DetPredictor
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/demo/eva02_Ti_det.py"
@@ -94,7 +94,7 @@ def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
     """The json holds exactly what the Python predictor returns for the image, and the drawn image has it drawn."""
     out = inference_run["out"]
     setup_datasets(inference_run["cfg"])  # the class names: the checkpoint has none, the config's dataset has them
-    predictor = Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2, use_ema=False)
+    predictor = DetPredictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2, use_ema=False)
     image_path = inference_run["photos"] / "000001.png"
     bgr = cv2.imread(str(image_path))
     found = predictor(bgr, format="BGR")
@@ -116,7 +116,7 @@ def test_infer_json_matches_the_model_and_drawing_shows_it(inference_run):
 
 def test_predictor_batches_give_the_single_image_results(inference_run):
     """predict() on a batch (images of two sizes, padded together) returns what one-by-one calls return."""
-    predictor = Predictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2)
+    predictor = DetPredictor(inference_run["cfg"], str(inference_run["weights"]), "cpu", 0.2)
     photos = inference_run["photos"]
     small = cv2.resize(cv2.imread(str(photos / "000002.png")), (96, 80))[:, :, ::-1].copy()
     images = [str(photos / "000000.png"), small, str(photos / "000001.png")]

@@ -1,5 +1,5 @@
 """Your own COCO-format data (eva02.det.own_data), fine-tuning from a detector of other classes, and detection
-test-time augmentation (eva02.det.tta), through tools/train_det.py as a user runs it."""
+test-time augmentation (eva02.det.tta), through tools/train_det.py and tools/test_det.py as a user runs them."""
 import json
 import logging
 import subprocess
@@ -14,7 +14,7 @@ from detectron2.data.detection_utils import read_image
 from eva02.common.cli import UsageError
 from eva02.det.demo import make_shapes_dataset
 from eva02.det.own_data import check_coco_json
-from eva02.det.predictor import Predictor
+from eva02.det.predictor import DetPredictor
 from tool_process import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,9 +121,9 @@ def test_fine_tuning_on_own_data_relays_the_class_heads(fine_tuned):
 
 def test_tta_evaluation_through_the_evaluator(fine_tuned):
     out = fine_tuned["tmp"] / "tta"
-    proc = train_det("--config-file", CONFIG, "--eval-only", "--weights", fine_tuned["out"] / "model_final.pth",
-                     "--output", out, "--val-data", *fine_tuned["data"][4:], "--tta", *TINY,
-                     "dataloader.tta.sizes=[48,64,80]", "train.save_predictions=0")
+    proc = run_tool(ROOT / "tools/test_det.py", "--config-file", CONFIG, "--weights",
+                    fine_tuned["out"] / "model_final.pth", "--output", out, "--val-data", *fine_tuned["data"][4:],
+                    "--tta", *TINY, "dataloader.tta.sizes=[48,64,80]", "train.save_predictions=0")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "test-time augmentation: sizes [48, 64, 80], each also flipped, merged by soft_linear at IoU 0.6" in log
@@ -142,16 +142,16 @@ def test_tta_of_one_size_is_the_model_and_flip_is_mirrored(fine_tuned):
     weights = str(fine_tuned["out"] / "model_final.pth")
     image = read_image(str(Path(fine_tuned["paths"]["val_images"]) / "000000.png"), format="RGB")
     size = image.shape[1]  # 64: the config's test transform resizes it to 128
-    plain = Predictor(cfg, weights, "cpu")(image)
+    plain = DetPredictor(cfg, weights, "cpu")(image)
     cfg.dataloader.tta.update(sizes=[128], flip=False)
-    one = Predictor(cfg, weights, "cpu", tta=True)(image)
+    one = DetPredictor(cfg, weights, "cpu", tta=True)(image)
     assert len(plain) == len(one) > 0
     np.testing.assert_array_equal(one.scores, plain.scores)
     np.testing.assert_array_equal(one.boxes, plain.boxes)
     np.testing.assert_array_equal(one.masks, plain.masks)
 
     cfg.dataloader.tta.update(sizes=[96, 128, 160], flip=True)
-    tta = Predictor(cfg, weights, "cpu", tta=True)
+    tta = DetPredictor(cfg, weights, "cpu", tta=True)
     found, mirrored = tta(image), tta(image[:, ::-1].copy())
     assert len(found) == len(mirrored) > len(plain)  # the union of 6 passes, soft-NMS keeps every survivor
     np.testing.assert_allclose(mirrored.scores, found.scores, rtol=1e-4, atol=1e-6)

@@ -28,6 +28,7 @@ ZYGOTE = r"""
 import json, os, runpy, sys, traceback
 from pathlib import Path
 root = Path(sys.argv[1])
+sys.path[0] = str(root / "tools")  # as for `python tools/NAME.py`: a tool may import a sibling
 for tool in sorted((root / "tools").glob("*.py")):
     runpy.run_path(str(tool), run_name="__zygote__")  # imports only: main() runs under "__main__"
 print("ready", flush=True)
