@@ -53,11 +53,13 @@ class UsageError(Exception):
 
 
 # Third-party warnings every run would print, none of them about the user's input: deprecations inside the
-# frameworks, torch's meshgrid notice (called inside torchvision / detectron2), mmseg's loss-builder notices and
-# torch.fx's tracing notice (a log record, not a warning).
+# frameworks, torch's meshgrid notice (called inside torchvision / detectron2), mmseg's notices (loss builder,
+# reduce_zero_label's future, a visualization hook with drawing off) and torch.fx's tracing notice (a log record,
+# not a warning).
 _THIRD_PARTY = r"(torch|torchvision|detectron2|fvcore|iopath|mmengine|mmcv|mmseg|mmdet|timm|pycocotools|lvis)(\.|$)"
 _KNOWN_USER_WARNINGS = (r"torch\.meshgrid: in an upcoming release", r"``build_loss`` would be deprecated",
-                        r"Default ``avg_non_ignore`` is False")
+                        r"Default ``avg_non_ignore`` is False", r"`reduce_zero_label` will be deprecated",
+                        r"The draw is False, it means that the hook for visualization will not take effect")
 
 
 def quiet_third_party_warnings(argv: Sequence[str] | None = None) -> None:

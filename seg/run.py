@@ -2,6 +2,7 @@
 dir, AMP, launcher from torchrun, DDP on the CPU). Conventions: eva02.common.cli."""
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 
@@ -18,7 +19,8 @@ from eva02.common.precision import torch_name
 from .optim import config_precision, fp32_without_gpu
 from .own_data import use_own_data
 
-__all__ = ["read_config", "load_config", "apply_precision", "init_cpu_process_group", "check_overrides"]
+__all__ = ["read_config", "load_config", "apply_precision", "init_cpu_process_group", "check_overrides",
+           "build_runner"]
 
 _REGISTRIES = [r for r in vars(mmseg.registry).values() if isinstance(r, Registry)]
 
@@ -107,6 +109,25 @@ def apply_precision(cfg: Config, precision: str | None) -> str:
             wrapper.pop(key, None)
         return "fp32" if precision == "fp32" else "fp32 (no GPU: the config's fp16 AMP is off)"
     return config_precision(cfg)
+
+
+class _KnownMMEngineNotices(logging.Filter):
+    """mmengine's own notices, logged as WARNING records on every segmentation run and about nothing the user set
+    (its deprecated file client inside mmseg's image loading, an evaluator metric without a prefix)."""
+    NOTICES = ('"FileClient" will be deprecated', '"HardDiskBackend" is the alias of "LocalBackend"',
+               "The prefix is not set in metric class")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(notice in record.getMessage() for notice in self.NOTICES)
+
+
+def build_runner(cfg: Config, debug: bool = False) -> Runner:
+    """mmengine's Runner for the config; its log leaves out mmengine's known notices unless --debug (the warnings
+    half of eva02.common.cli.quiet_third_party_warnings, for records of the runner's own logger)."""
+    runner = Runner.from_cfg(cfg)
+    if not debug:
+        runner.logger.addFilter(_KnownMMEngineNotices())
+    return runner
 
 
 def init_cpu_process_group() -> None:

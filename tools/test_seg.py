@@ -33,11 +33,10 @@ quiet_third_party_warnings()  # first: the frameworks' imports below warn too (-
 from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
 
 from eva02.common.files import atomic_write
 from eva02.seg import load_segmentor_checkpoint
-from eva02.seg.run import init_cpu_process_group, load_config
+from eva02.seg.run import build_runner, init_cpu_process_group, load_config
 
 
 def parse_args(argv=None):
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = build_config(args)
     init_cpu_process_group()
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args.debug)
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     segmentor = getattr(model, "module", model)  # the segmentor inside the --ms-flip TTA wrapper
     print_log(load_segmentor_checkpoint(segmentor, args.weights, weights_only=not args.unsafe_pickle,

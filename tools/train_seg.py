@@ -26,10 +26,8 @@ from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warning
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
-from mmengine.runner import Runner
-
 from eva02.seg.hooks import SegmentorWeightsHook, name_files_in_load_errors
-from eva02.seg.run import apply_precision, init_cpu_process_group, load_config
+from eva02.seg.run import apply_precision, build_runner, init_cpu_process_group, load_config
 
 
 def parse_args(argv=None):
@@ -56,7 +54,7 @@ def main(argv=None) -> int:
         cfg.model.backbone.pop("init_cfg", None)
     init_cpu_process_group()
     name_files_in_load_errors()
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args.debug)
     if args.weights:
         runner.register_hook(SegmentorWeightsHook(args.weights, weights_only=not args.unsafe_pickle,
                                                   strict=not args.allow_partial))

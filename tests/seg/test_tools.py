@@ -79,6 +79,7 @@ def demo_run(tmp_path_factory):
                     env={"SHAPES_ROOT": str(tmp / "data")})
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "mIoU" in proc.stdout
+    assert "will be deprecated" not in proc.stdout + proc.stderr  # mmseg's / mmengine's notices are hidden
     assert "cls_token: none in the checkpoint" in proc.stdout  # every other TrV weight came from the detector
     return tmp / "work", tmp / "data"
 
