@@ -54,8 +54,8 @@ class UsageError(Exception):
 
 # Third-party warnings every run would print, none of them about the user's input: deprecations inside the
 # frameworks, torch's meshgrid notice (called inside torchvision / detectron2), mmseg's notices (loss builder,
-# reduce_zero_label's future, a visualization hook with drawing off) and torch.fx's tracing notice (a log record,
-# not a warning).
+# reduce_zero_label's future, a visualization hook with drawing off), and two log records: torch.fx's tracing
+# notice and lvis's "Assuming user provided the results in correct format" on every evaluation.
 _THIRD_PARTY = r"(torch|torchvision|detectron2|fvcore|iopath|mmengine|mmcv|mmseg|mmdet|timm|pycocotools|lvis)(\.|$)"
 _KNOWN_USER_WARNINGS = (r"torch\.meshgrid: in an upcoming release", r"``build_loss`` would be deprecated",
                         r"Default ``avg_non_ignore`` is False", r"`reduce_zero_label` will be deprecated",
@@ -72,7 +72,8 @@ def quiet_third_party_warnings(argv: Sequence[str] | None = None) -> None:
         warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY)
     for message in _KNOWN_USER_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    for logger in ("torch.fx._symbolic_trace", "lvis.results"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
 
 
 def default_device() -> str:

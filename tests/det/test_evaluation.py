@@ -188,3 +188,4 @@ def test_check_det_eval_tool_prints_ap_100_and_exits_0(tmp_path):
     lines = proc.stdout.splitlines()
     for name in ("COCO", "LVIS"):
         assert f"{name} {{'bbox': 100.0, 'segm': 100.0}}" in lines, proc.stdout[-2000:]
+    assert "Assuming user provided the results" not in proc.stdout + proc.stderr  # lvis's notice, hidden (common.cli)
