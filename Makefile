@@ -22,7 +22,8 @@ test-all: install
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # The main job: detection demo (train + COCO eval + drawn predictions), the evaluator check on a real
-# annotated photo, then the segmentation demo, its TrV started from the detection demo's.
+# annotated photo, the segmentation demo, its TrV started from the detection demo's, then MIM pre-training of a
+# Ti against a random teacher. Each run writes TensorBoard events and curves.png.
 demo: install
 	$(PY) tools/train_det.py --config-file configs/demo/eva02_Ti_det.py
 	$(PY) tools/check_det_eval.py --output output/voc_photo_eval
@@ -30,6 +31,9 @@ demo: install
 	    model.backbone.pretrained=output/demo_det/model_final.pth
 	$(PY) tools/infer_seg.py --config-file configs/demo/eva02_Ti_seg.py --weights "$$(cat output/demo/seg/last_checkpoint)" \
 	    --input output/demo/shapes_data/images/validation --output output/demo/seg/predictions
+	$(PY) tools/pretrain_mim.py --demo --output output/demo_mim
+	@echo "curves: output/demo_det/curves.png output/demo/seg/curves.png output/demo_mim/curves.png;" \
+	    "all runs in TensorBoard: $(PY) -m tensorboard.main --logdir output"
 
 # Smaller demos: backbone PCA picture of a real photo; MIM pre-training of EVA-02-Ti against a random teacher.
 demo-backbone: install

@@ -7,6 +7,7 @@
     --precision fp32|fp16|bf16   numeric precision of a training run (eva02.common.precision); default: the config's
     --resume               continue a training run from the last checkpoint in --output
     --unsafe-pickle        read checkpoints with weights_only=False (runs pickled code: trusted files only)
+    --wandb PROJECT        training tools: mirror the run's TensorBoard events to Weights & Biases (eva02.common.runlog)
     --debug                a full traceback instead of the one-line error
     KEY=VALUE ...          config overrides, last on the line
 Multi-process training: `torchrun --nproc_per_node N tools/TOOL.py ...` (gloo on the CPU, nccl on GPUs).
@@ -87,7 +88,7 @@ def world_size() -> int:
 
 def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     """Adds the named flags of the convention (module docstring) with their shared help and defaults:
-    "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides".
+    "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides", "wandb".
     --debug is always added."""
     specs = {
         "config": (("--config-file",), dict(required=True, metavar="PATH", help="the config file")),
@@ -103,6 +104,8 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         "unsafe_pickle": (("--unsafe-pickle",), dict(
             action="store_true", help="read checkpoints with weights_only=False (runs pickled code: trusted files only)")),
         "overrides": (("overrides",), dict(nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")),
+        "wandb": (("--wandb",), dict(metavar="PROJECT", help="also send the run's TensorBoard events to this Weights "
+                                     "& Biases project (pip install wandb; WANDB_MODE=offline works without network)")),
     }
     unknown = set(flags) - set(specs)
     if unknown:

@@ -43,7 +43,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .upstream import patched
 
 __all__ = ["MemoryTrace", "MemoryEstimate", "estimate_memory", "fake_module", "largest_fitting", "measure_peak",
-           "fits", "gib", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
+           "peak_memory_mib", "fits", "gib", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
            "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
 
 TARGETS = ("cuda", "cpu")
@@ -365,6 +365,16 @@ def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.n
     del model
     return MemoryEstimate(peak=trace.peak, resident=trace.now, phases=dict(trace.phase_peaks),
                           stand_ins=dict(trace.stand_ins), ddp_buckets=buckets)
+
+
+def peak_memory_mib(device: str | torch.device = "cpu") -> float:
+    """This process's peak memory so far in MiB, as training logs show it: torch.cuda.max_memory_allocated on a
+    GPU, the peak resident set size (ru_maxrss: everything the process touched, not only tensors) on the CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure_peak(build: Callable[[], torch.nn.Module], run: Callable[[torch.nn.Module, Callable], None],

@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
@@ -24,11 +26,13 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.registry import locate
 
 from eva02.backbone.checkpoint import unwrap_model
+from eva02.common.runlog import draw_curves
 from eva02.common.files import atomic_write, remove_stale_temporaries
+from eva02.common.memory import peak_memory_mib
 from eva02.common.precision import autocast, autocast_dtype
 
 from .checkpoint import EVACheckpointer
@@ -38,7 +42,7 @@ from .resume import ResumableSampler, RNGState, rng_preserved
 from .tta import build_tta
 from .unreadable import ReadableOnly, SkipUnreadable
 
-__all__ = ["EVATrainer", "EMAHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
+__all__ = ["EVATrainer", "EMAHook", "RunStatsHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
            "instantiate_with", "resolve_device", "config_precision", "training_dtype"]
 
 logger = logging.getLogger("eva02.det")
@@ -138,6 +142,24 @@ class EMAHook(HookBase):
         self.ema.update(self.model)
 
 
+class RunStatsHook(HookBase):
+    """Puts throughput (images per second over all processes, the whole step with its data loading; detectron2's
+    "time" skips the first iterations) and peak memory (eva02.common.memory.peak_memory_mib) into the event storage
+    after every step."""
+
+    def __init__(self, total_batch_size: int, device: str):
+        self.total_batch_size = total_batch_size
+        self.device = device
+
+    def before_step(self):
+        self._start = time.perf_counter()
+
+    def after_step(self):
+        seconds = time.perf_counter() - self._start
+        self.trainer.storage.put_scalars(images_per_second=self.total_batch_size / max(seconds, 1e-9),
+                                         memory_mib=peak_memory_mib(self.device), smoothing_hint=False)
+
+
 def build_model(cfg, device: str):
     model = instantiate(cfg.model)
     model.to(device)
@@ -201,11 +223,29 @@ def do_test(cfg, model, weights: str = "") -> dict:
         name = "results.json" if weights in ("", "EMA") else f"results_{weights}.json"
         atomic_write(os.path.join(cfg.train.output_dir, name), lambda tmp: Path(tmp).write_text(
             json.dumps({**results, "unreadable_files": unreadable}, indent=1)))
-        if cfg.train.get("save_predictions", 0):
-            draw_predictions(model, loader, cfg.train.save_predictions,
-                             os.path.join(cfg.train.output_dir, "predictions"),
-                             MetadataCatalog.get(_dataset_name(cfg)))
+        _draw(cfg, model, loader, headline=weights in ("", "EMA"))
     return results
+
+
+def _draw(cfg, model, loader, headline: bool) -> None:
+    """The predictions of the first test images, drawn: train.save_predictions of them into OUTPUT/predictions,
+    and during training (of the headline weights) train.log_images of them into the run's TensorBoard events."""
+    try:
+        storage = get_event_storage() if headline else None
+    except AssertionError:  # no training run: evaluation only
+        storage = None
+    save, log = cfg.train.get("save_predictions", 0), cfg.train.get("log_images", 4) if storage else 0
+    if not max(save, log):
+        return
+    drawn = draw_predictions(model, loader, max(save, log), MetadataCatalog.get(_dataset_name(cfg)))
+    out_dir = os.path.join(cfg.train.output_dir, "predictions")
+    if save:
+        os.makedirs(out_dir, exist_ok=True)
+        for name, image in drawn[:save]:
+            cv2.imwrite(os.path.join(out_dir, name + ".png"), image[:, :, ::-1])
+        logger.info(f"drew predictions of {len(drawn[:save])} images into {out_dir}")
+    for name, image in drawn[:log]:
+        storage.put_image(f"predictions/{name}", torch.from_numpy(image.copy()).permute(2, 0, 1))
 
 
 def _dataset_name(cfg) -> str:
@@ -251,21 +291,20 @@ class ServerResultsWriter(DatasetEvaluator):
 
 
 @torch.no_grad()
-def draw_predictions(model, loader, count: int, out_dir: str, metadata, score_thresh: float = 0.5) -> list[str]:
-    """Draw the predictions (score >= score_thresh) of the first `count` images of `loader` into out_dir as
-    PNG files; returns the written paths."""
-    import cv2
+def draw_predictions(model, loader, count: int, metadata,
+                     score_thresh: float = 0.5) -> list[tuple[str, np.ndarray]]:
+    """The predictions (score >= score_thresh) of the first `count` readable images of `loader`, drawn by
+    detectron2's Visualizer: [(image name without extension, RGB uint8 array)]."""
     from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
 
-    os.makedirs(out_dir, exist_ok=True)
     was_training = model.training
     model.eval()
-    written = []
+    drawn = []
     for inputs in loader:
         outputs = model(inputs)
         for inp, out in zip(inputs, outputs):
-            if len(written) >= count:
+            if len(drawn) >= count:
                 break
             if "unreadable" in out:
                 continue
@@ -273,15 +312,12 @@ def draw_predictions(model, loader, count: int, out_dir: str, metadata, score_th
             instances = out["instances"].to("cpu")
             instances = instances[instances.scores >= score_thresh]
             scale = max(1.0, 512 / max(image.shape[:2]))  # small demo images: enlarge so labels stay readable
-            drawn = Visualizer(image, metadata, scale=scale).draw_instance_predictions(instances).get_image()
-            path = os.path.join(out_dir, os.path.splitext(os.path.basename(inp["file_name"]))[0] + ".png")
-            cv2.imwrite(path, drawn[:, :, ::-1])
-            written.append(path)
-        if len(written) >= count:
+            picture = Visualizer(image, metadata, scale=scale).draw_instance_predictions(instances).get_image()
+            drawn.append((os.path.splitext(os.path.basename(inp["file_name"]))[0], picture))
+        if len(drawn) >= count:
             break
     model.train(was_training)
-    logger.info(f"drew predictions of {len(written)} images into {out_dir}")
-    return written
+    return drawn
 
 
 def _eval_weights_use_ema(cfg) -> bool:
@@ -338,6 +374,7 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
 
     trainer.register_hooks([
         hooks.IterationTimer(),
+        RunStatsHook(train.total_batch_size, device),
         EMAHook(ema, model) if ema is not None else None,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
@@ -346,7 +383,9 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
             [CommonMetricPrinter(cfg.train.max_iter),
              # each line: the median of the iterations since the previous line (detectron2's default window
              # of 20 would carry iterations before a resume into the lines after it)
-             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"), window_size=cfg.train.log_period)],
+             JSONWriter(os.path.join(cfg.train.output_dir, "metrics.json"), window_size=cfg.train.log_period),
+             # every loss term, lr, speed, memory, the metrics of each evaluation and the drawn panels
+             TensorboardXWriter(cfg.train.output_dir, window_size=cfg.train.log_period)],
             period=cfg.train.log_period,
         ) if comm.is_main_process() else None,
         *extra_hooks,
@@ -364,7 +403,12 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
         sampler.skip = start_iter * (train.total_batch_size // comm.get_world_size())
         logger.info(f"resuming from iteration {start_iter}")
     trainer.train(start_iter, cfg.train.max_iter)
-    return trainer.storage.latest() if comm.is_main_process() else {}
+    if not comm.is_main_process():
+        return {}
+    curves = draw_curves(cfg.train.output_dir)
+    if curves:
+        logger.info(f"training curves: {curves} (TensorBoard: tensorboard --logdir {cfg.train.output_dir})")
+    return trainer.storage.latest()
 
 
 def run(cfg, eval_only: bool = False, resume: bool = False, extra_hooks=()):

@@ -1,5 +1,6 @@
-"""Your own detection data: a COCO-format json + image folder for training and one for validation, on any of
-our detection configs, without code.
+"""Your own detection data: annotations + image folder for training and one for validation, on any of our
+detection configs, without code. The annotations are a COCO-format json, or YOLO / Pascal VOC / LabelMe / CVAT
+files, converted to a COCO json in the run folder first (prepare_own_data, eva02.common.formats).
 
     tools/train_det.py --config-file configs/coco/eva02_B_bsl.py --weights W.pth \
         --train-data train.json train_images/ --val-data val.json val_images/
@@ -11,6 +12,7 @@ or, in a config of your own that inherits one of ours (tools/train_det.py --conf
     globals().update(LazyConfig.load("configs/coco/eva02_B_bsl.py"))   # model, dataloader, optimizer, train, ...
     use_own_data(model, dataloader, ("train.json", "train_images"), ("val.json", "val_images"))
 
+Data without masks (boxes only, e.g. YOLO or VOC boxes) trains and evaluates boxes: the mask branch is left out.
 The class names and their number come from the training json's `categories` (sorted by id, as detectron2
 reads them); the validation json must list the same. The datasets are registered as `own_train` / `own_val`
 when the run starts (the config's `dataloader.setup`), so the saved `config.yaml` of the run evaluates and
@@ -45,7 +47,7 @@ from eva02.common.cli import UsageError
 from .evaluation import COCOEvaluator
 
 __all__ = ["OWN_TRAIN", "OWN_VAL", "CocoJsonReport", "check_coco_json", "read_classes", "register_own_data",
-           "use_own_data", "OwnFedLossClassWeights"]
+           "use_own_data", "prepare_own_data", "mask_kinds", "OwnFedLossClassWeights"]
 
 logger = logging.getLogger(__name__)
 OWN_TRAIN, OWN_VAL = "own_train", "own_val"
@@ -94,8 +96,8 @@ def _box_problem(bbox) -> str | None:
 
 
 def _polygon_problem(segmentation) -> str | None:
-    if segmentation is None or isinstance(segmentation, dict):  # no mask, or RLE (pycocotools checks it)
-        return None
+    if segmentation is None or segmentation == [] or isinstance(segmentation, dict):
+        return None  # no mask (CVAT's COCO export writes [] for a box), or RLE (pycocotools checks it)
     if not isinstance(segmentation, list) or not segmentation:
         return f"segmentation {str(segmentation)[:40]} is neither polygons nor RLE"
     for poly in segmentation:
@@ -202,11 +204,57 @@ class OwnFedLossClassWeights:
         return torch.tensor([max(len(images[cid]), 1) for cid in ids], dtype=torch.float32) ** self.power
 
 
+def prepare_own_data(train: tuple[str, str] | None, val: tuple[str, str], out_dir: str,
+                     fmt: str | None = None) -> tuple[tuple[str, str] | None, tuple[str, str], list[str]]:
+    """The (COCO json, image folder) pairs for use_own_data from data in any format of eva02.common.formats: a
+    COCO json stays as it is; other formats are converted into OUT_DIR/own_data/{train,val}.json (the validation
+    set with the training set's class list) on the main process while the others wait. fmt: the format of both,
+    None to detect each. Returns the two pairs and one line per conversion for the log."""
+    from detectron2.utils import comm
+
+    from eva02.common.formats import convert_to_coco, detect_format
+
+    pairs, notes, classes = {}, [], None
+    for split, pair in (("train", train), ("val", val)):
+        if pair is None:
+            pairs[split] = None
+            continue
+        annotations, images = map(str, pair)
+        kind = fmt or detect_format(annotations)
+        if kind == "coco":
+            pairs[split] = (annotations, images)
+            continue
+        out = os.path.join(out_dir, "own_data", f"{split}.json")
+        if comm.is_main_process():
+            conversion = convert_to_coco(annotations, images, out, kind, classes=classes, split=split)
+            notes.append(f"own data: {split} set {conversion.summary()}")
+        comm.synchronize()
+        pairs[split] = (out, os.path.abspath(images))
+        classes = classes or read_classes(out)
+    return pairs["train"], pairs["val"], notes
+
+
+def mask_kinds(json_file: str) -> set[str]:
+    """The kinds of mask the objects (not crowd regions) of a COCO json carry: "polygon", "rle"; empty: boxes."""
+    return {("rle" if isinstance(a["segmentation"], dict) else "polygon") for a in _read_json(json_file)["annotations"]
+            if a.get("segmentation") and not a.get("iscrowd", 0)}
+
+
+def _boxes_only(model, dataloader) -> None:
+    """No masks in the data: the ROI heads without their mask branch (and maskness rescoring), the training
+    mapper without instance masks; evaluation then scores boxes only."""
+    model.roi_heads.update(mask_in_features=None, mask_pooler=None, mask_head=None)
+    if "maskness_thresh" in model.roi_heads:
+        model.roi_heads.maskness_thresh = None
+    dataloader.train.mapper.update(use_instance_mask=False, recompute_boxes=False)
+
+
 def use_own_data(model, dataloader, train: tuple[str, str] | None, val: tuple[str, str]) -> list[str]:
     """Point a detection config (its `model` and `dataloader` nodes) at your COCO-format data: datasets
     registered at run start, num_classes from the json (the training one; without one, for evaluation or
     inference only, the validation one), COCO evaluation (also for the LVIS configs, whose federated loss then
-    weighs your classes by your image counts). train, val: (json file, image folder). Returns the class names."""
+    weighs your classes by your image counts); without masks in the data, no mask branch (model.roi_heads.mask_head
+    None); with RLE masks, bitmask training. train, val: (json file, image folder). Returns the class names."""
     train = tuple(map(str, train)) if train is not None else None
     val = tuple(map(str, val))
     classes = read_classes((train or val)[0])
@@ -216,6 +264,11 @@ def use_own_data(model, dataloader, train: tuple[str, str] | None, val: tuple[st
     dataloader.test.dataset.names = OWN_VAL
     dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
     model.roi_heads.num_classes = len(classes)
+    masks = mask_kinds((train or val)[0])
+    if not masks:
+        _boxes_only(model, dataloader)
+    elif "rle" in masks:  # RLE objects (converted data): detectron2 trains them as bitmasks, not polygons
+        dataloader.train.mapper.instance_mask_format = "bitmask"
     for predictor in model.roi_heads.box_predictors:
         if predictor.get("use_fed_loss") and train is not None:
             power = predictor.get_fed_loss_cls_weights.get("power", 0.5)

@@ -9,9 +9,12 @@ Importing this package registers, in mmseg / mmengine registries (adding names, 
   - `CPUDistributedDataParallel` (mmengine MODEL_WRAPPERS): DDP on CPU with gloo (cpu_ddp.py);
   - `CheckedADE20KDataset`, `CheckedCOCOStuffDataset` (mmseg DATASETS) (datasets.py);
   - `OwnSegDataset` (mmseg DATASETS): your own data in mmseg's custom layout, classes from DATA/classes.txt, and
-    `use_own_data(cfg, DATA)`, which points a config at it (own_data.py);
+    `use_own_data(cfg, DATA)`, which points a config at it (own_data.py); instance annotations (COCO, YOLO,
+    LabelMe, CVAT) and Pascal VOC segmentation folders written into that layout (own_formats.py);
   - `SegmentorWeightsHook` (mmseg HOOKS): training starts from a whole segmentor checkpoint, class layers re-laid
     for the training set's classes (hooks.py);
+  - `RunLogHook` (mmseg HOOKS): throughput, memory and drawn validation predictions in TensorBoard, curves.png at
+    the end of training (hooks.py);
   - `ShortSideResize` (mmseg TRANSFORMS): the official multi-scale test resize (transforms.py).
 Loading checkpoints, the official release's included: `load_segmentor_checkpoint`, `load_backbone_weights`.
 Inference: mmseg's own `init_model` + `inference_model` and `MMSegInferencer` on our configs and checkpoints, or
@@ -23,7 +26,7 @@ from .backbone import EVA02
 from .checkpoint import IncompleteCheckpointError, load_backbone_weights, load_segmentor_checkpoint
 from .cpu_ddp import CPUDistributedDataParallel
 from .datasets import CheckedADE20KDataset, CheckedCOCOStuffDataset
-from .hooks import SegmentorWeightsHook, WeightsOnlyCheckpointHook
+from .hooks import RunLogHook, SegmentorWeightsHook, WeightsOnlyCheckpointHook
 from .optim import LayerDecayOptimWrapperConstructor, fp32_without_gpu
 from .own_data import OwnSegDataset, read_classes, use_own_data
 from .predictor import SegPredictor, overlay
@@ -34,5 +37,5 @@ __all__ = [
     "EVA02", "CropAwareEncoderDecoder", "LayerDecayOptimWrapperConstructor", "WeightsOnlyCheckpointHook",
     "CPUDistributedDataParallel", "CheckedADE20KDataset", "CheckedCOCOStuffDataset", "ShortSideResize",
     "fp32_without_gpu", "IncompleteCheckpointError", "load_backbone_weights", "load_segmentor_checkpoint",
-    "OwnSegDataset", "read_classes", "use_own_data", "SegmentorWeightsHook", "SegPredictor", "overlay",
+    "OwnSegDataset", "read_classes", "use_own_data", "SegmentorWeightsHook", "RunLogHook", "SegPredictor", "overlay",
 ]

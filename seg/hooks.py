@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
-from mmengine.dist import is_main_process
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -28,12 +29,16 @@ from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_loc
 from mmseg.registry import HOOKS
 
 from eva02.backbone.checkpoint import unreadable_checkpoint
+from eva02.common.runlog import draw_curves
 from eva02.common.files import atomic_write, remove_stale_temporaries
+from eva02.common.memory import peak_memory_mib
 from eva02.common.rng import capture_rng, restore_rng
 
 from .checkpoint import load_segmentor_checkpoint
+from .predictor import overlay
 
-__all__ = ["AtomicLocalBackend", "ExactResumeHook", "SegmentorWeightsHook", "WeightsOnlyCheckpointHook", "plain"]
+__all__ = ["AtomicLocalBackend", "ExactResumeHook", "RunLogHook", "SegmentorWeightsHook", "WeightsOnlyCheckpointHook",
+           "plain"]
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -164,3 +169,49 @@ class SegmentorWeightsHook(Hook):
                                             strict=self.strict, classes=classes, adapt_classes=True)
         for line in summary.splitlines():
             print_log(line, logger="current")
+
+
+@HOOKS.register_module()
+class RunLogHook(Hook):
+    """What a run shows beyond mmengine's log, through the runner's visualizer backends (TensorBoard in our
+    configs' runtime): throughput (images per second, all processes) and peak memory (peak_memory_mib) with every
+    logged iteration; at each validation the first `log_images` validation images with their predictions drawn as
+    tools/infer_seg.py draws them (eva02.seg.predictor.overlay); at the end of training `curves.png` in the work
+    dir (eva02.common.runlog)."""
+
+    def __init__(self, log_images: int = 4, opacity: float = 0.5):
+        self.log_images = log_images
+        self.opacity = opacity
+        self._drawn = 0
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        hub = runner.message_hub
+        if "train/time" in hub.log_scalars:
+            images = runner.train_dataloader.batch_size * get_world_size()
+            hub.update_scalar("train/images_per_second", images / max(hub.get_scalar("train/time").current(), 1e-9))
+        hub.update_scalar("train/memory_mib", peak_memory_mib("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def before_val_epoch(self, runner) -> None:
+        self._drawn = 0
+
+    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not is_main_process() or self._drawn >= self.log_images:
+            return
+        meta = runner.val_dataloader.dataset.metainfo
+        palette, classes = np.asarray(meta["palette"], np.uint8), list(meta["classes"])
+        for sample in outputs[: self.log_images - self._drawn]:
+            image = cv2.imread(sample.img_path)
+            labels = sample.pred_sem_seg.data[0].cpu().numpy()
+            if image is None or image.shape[:2] != labels.shape:
+                continue
+            drawn = overlay(image, labels, palette, classes, self.opacity)
+            name = Path(sample.img_path).stem
+            runner.visualizer.add_image(f"predictions/{name}", drawn[:, :, ::-1], step=runner.iter)
+            self._drawn += 1
+
+    def after_train(self, runner) -> None:
+        if is_main_process():
+            curves = draw_curves(runner.work_dir)
+            if curves:
+                print_log(f"training curves: {curves} (TensorBoard: tensorboard --logdir {runner.work_dir})",
+                          logger="current")

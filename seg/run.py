@@ -18,8 +18,9 @@ from eva02.common.precision import torch_name
 
 from .optim import config_precision, fp32_without_gpu
 from .own_data import use_own_data
+from .own_formats import seg_data_root
 
-__all__ = ["read_config", "load_config", "apply_precision", "init_cpu_process_group", "check_overrides",
+__all__ = ["read_config", "load_config", "work_dir_of", "apply_precision", "init_cpu_process_group", "check_overrides",
            "build_runner"]
 
 _REGISTRIES = [r for r in vars(mmseg.registry).values() if isinstance(r, Registry)]
@@ -60,15 +61,28 @@ def check_overrides(cfg: Config, overrides: dict) -> None:
                         else _registered_argument(node, name))
 
 
-def read_config(config_file: str, overrides: list[str], data: str | None = None) -> Config:
-    """The config on own data `data` if given (eva02.seg.own_data.use_own_data), with the checked overrides merged
-    (after: they may set the own-data datasets); UsageError for a missing file or folder."""
+def work_dir_of(cfg: Config, config_file: str, output: str | None) -> str:
+    """A run's work dir: --output, else the config's work_dir, else work_dirs/CONFIG_NAME."""
+    return output or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config_file))[0])
+
+
+def read_config(config_file: str, overrides: list[str], data: str | None = None, output: str | None = None,
+                train: tuple[str, str] | None = None, val: tuple[str, str] | None = None,
+                fmt: str | None = None) -> Config:
+    """The config on own data if given (eva02.seg.own_data.use_own_data): `data`, a folder in the custom layout or
+    a Pascal VOC segmentation folder, or `train` / `val` (ANNOTATIONS, IMAGES) instance annotations of any format
+    (format `fmt`, None: detected); those two are converted into WORK_DIR/own_data (eva02.seg.own_formats). The
+    checked overrides are merged after (they may set the own-data datasets); UsageError for a missing file or
+    folder."""
     if not osp.isfile(config_file):
         raise UsageError(f"--config-file {config_file}: no such file")
     cfg = Config.fromfile(config_file)
+    if data is not None and not osp.isdir(data):
+        raise UsageError(f"--data {data}: no such folder")
+    if data is not None and (train or val):
+        raise UsageError("--data or --train-data / --val-data, not both")
+    data = seg_data_root(data, work_dir_of(cfg, config_file, output), train, val, fmt)
     if data is not None:
-        if not osp.isdir(data):
-            raise UsageError(f"--data {data}: no such folder")
         classes = use_own_data(cfg, data)
         print(f"own data {data}: {len(classes)} classes ({', '.join(classes)})")
     overrides = parse_overrides(overrides)
@@ -77,11 +91,13 @@ def read_config(config_file: str, overrides: list[str], data: str | None = None)
     return cfg
 
 
-def load_config(config_file: str, output: str | None, overrides: list[str], data: str | None = None) -> Config:
-    """read_config, for a run: work_dir = output (default work_dirs/CONFIG_NAME), and the launcher "pytorch"
-    under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
-    cfg = read_config(config_file, overrides, data)
-    cfg.work_dir = output or cfg.get("work_dir") or osp.join("work_dirs", osp.splitext(osp.basename(config_file))[0])
+def load_config(config_file: str, output: str | None, overrides: list[str], data: str | None = None,
+                train: tuple[str, str] | None = None, val: tuple[str, str] | None = None,
+                fmt: str | None = None) -> Config:
+    """read_config, for a run: work_dir = work_dir_of (output, default work_dirs/CONFIG_NAME), and the launcher
+    "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+    cfg = read_config(config_file, overrides, data, output, train, val, fmt)
+    cfg.work_dir = work_dir_of(cfg, config_file, output)
     cfg.launcher = "pytorch" if world_size() > 1 else "none"
     os.environ.setdefault("LOCAL_RANK", "0")
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from eva02.common.runlog import read_image_tags, read_scalars
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,3 +53,9 @@ def test_make_demo_shows_models_that_work(tmp_path):
     assert set(ious) == {"background", "disk", "square", "triangle", "cross"}, log[-3000:]
     assert min(ious.values()) >= 70 and sum(ious.values()) / len(ious) >= 85, ious
     assert len(list((tmp_path / "output/demo/seg/predictions").glob("*.png"))) >= 50
+    # every run in TensorBoard (tensorboard --logdir output): metrics of both evaluations, prediction panels, curves
+    for run, metric in (("demo_det", "bbox/AP"), ("demo/seg", "mIoU"), ("demo_mim", "loss")):
+        scalars = read_scalars(str(tmp_path / "output" / run))
+        assert len(scalars[metric]) >= 2 and (tmp_path / "output" / run / "curves.png").is_file(), run
+        assert read_image_tags(str(tmp_path / "output" / run)), run
+    assert "curves: output/demo_det/curves.png" in log

@@ -14,7 +14,9 @@ TEACHER and the targets it gives (official: the CLIP-projected patch features he
     through the `norm` and `head` the file holds. EVA-CLIP towers with a GELU MLP go through timm (above).
 Targets are not re-normalized (the cosine loss ignores their length). Hyper-parameters default to
 the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). --resume continues from
-DIR/checkpoint.pt (flags follow eva02.common.cli's convention). Writes DIR/log.jsonl (one line per step), DIR/loss.png and, with --export,
+DIR/checkpoint.pt (flags follow eva02.common.cli's convention). Writes DIR/log.jsonl (one line per step), TensorBoard
+events in DIR (loss, lr, grad norm, throughput, memory; the first crops with their masked patches), DIR/curves.png
+(--wandb PROJECT mirrors the events to Weights & Biases) and, with --export,
 DIR/<model>_mim_p14.pt ({"module": ...}, the official MIM layout of the size: Ti/S packed w12 and fused qkv, B/L
 separate, RoPE buffers as the official model registers them) and DIR/<model>_mim_p14to16.pt (detection /
 segmentation init).
@@ -26,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warnings, run_tool
 
@@ -37,6 +40,8 @@ import torch.distributed as dist
 from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, export_official, pretrain
 from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME
+from eva02.common.memory import peak_memory_mib
+from eva02.common.runlog import draw_curves, start_wandb
 
 # --demo: a CPU-sized run (EVA-02-Ti at 112 px against a random 2-block teacher, 36 steps).
 DEMO = dict(model="eva02_Ti", input_size=112, batch_size=8, epochs=3, lr=1e-3, warmup_epochs=0.5,
@@ -50,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
     p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
     p.add_argument("--data", help="folder of training images (searched recursively)")
-    add_common_args(p, "output", "precision", "resume", "unsafe_pickle")
+    add_common_args(p, "output", "precision", "resume", "unsafe_pickle", "wandb")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
     p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
@@ -101,21 +106,18 @@ def apply_demo(args: argparse.Namespace) -> None:
         write_random_teacher(args.teacher)
 
 
-def plot_loss(history: list[dict], path: str) -> None:
-    import matplotlib
+def masking_panels(dataset, count: int = 4) -> torch.Tensor:
+    """The first `count` training crops as the student sees them: masked patches greyed. (N, 3, H, W) in [0, 1]."""
+    from eva02.backbone.mim.recipe import CLIP_MEAN, CLIP_STD
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (negative cosine)")
-    ax.set_title("MIM pre-training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    panels = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
+        image = image * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+        grid = image.shape[-1] // 14
+        covered = mask.view(grid, grid).repeat_interleave(14, 0).repeat_interleave(14, 1).bool()
+        panels.append(torch.where(covered, 0.5 + 0.25 * (image - 0.5), image).clamp(0, 1))
+    return torch.stack(panels)
 
 
 def init_distributed() -> torch.device:
@@ -152,17 +154,31 @@ def main(argv=None) -> int:
         save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
         use_checkpoint=args.use_checkpoint, compile_blocks=args.compile_blocks, arch=args.arch,
     )
-    bar = None
+    bar = writer = None
+    clock = {"last": 0.0, "batch": 0}
 
     def on_start(info: dict) -> None:
-        nonlocal bar
+        nonlocal bar, writer
         if rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
             from tqdm import tqdm
 
+            start_wandb(args.wandb, args.output, config=vars(args))
+            # purge_step: a resumed run redoes the steps after its checkpoint; TensorBoard drops the old ones
+            writer = SummaryWriter(args.output, purge_step=info["step"])
+            writer.add_images("masking", masking_panels(info["dataset"]), info["step"])
             bar = tqdm(total=info["total_steps"], initial=info["step"], desc=f"MIM {args.model}", unit="step",
                        dynamic_ncols=True)
+        clock["last"], clock["batch"] = time.perf_counter(), info["effective_batch"]
 
     def on_step(record: dict) -> None:
+        now = time.perf_counter()
+        seconds, clock["last"] = now - clock["last"], now
+        if writer is not None:
+            for key in ("loss", "lr", "grad_norm"):
+                writer.add_scalar(key, record[key], record["step"])
+            writer.add_scalar("images_per_second", clock["batch"] / max(seconds, 1e-9), record["step"])
+            writer.add_scalar("memory_mib", peak_memory_mib(device), record["step"])
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", epoch=record["epoch"])
@@ -172,13 +188,15 @@ def main(argv=None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if writer is not None:
+            writer.close()
     if rank == 0:
         history = result["history"]
         if history:
-            plot_loss(history, os.path.join(args.output, "loss.png"))
+            curves = draw_curves(args.output, title=f"MIM {args.model}")
             first, last = history[0]["loss"], history[-1]["loss"]
             print(f"step {result['step']}: loss {first:.4f} -> {last:.4f}; log {os.path.join(args.output, LOG_NAME)}, "
-                  f"curve {os.path.join(args.output, 'loss.png')}")
+                  f"curves {curves} (TensorBoard: tensorboard --logdir {args.output})")
         if args.export:
             for path in export_official(result["checkpoint"], args.output, stem):
                 print(f"wrote {path}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a segmentor checkpoint (mmseg).
 
-    python tools/test_seg.py --config-file CONFIG --weights CHECKPOINT [--data DIR] [--ms-flip] [--show-dir D]
+    python tools/test_seg.py --config-file CONFIG --weights CHECKPOINT [--data DIR | --val-data A I] [--ms-flip]
+        [--show-dir D]
         [--output WORK_DIR] [--allow-partial] [--unsafe-pickle] [KEY=VALUE ...]
 
 CHECKPOINT: one of ours, or a released official EVA-02 UperNet checkpoint (backbone.fpn1..4, cls token, separate
@@ -9,7 +10,9 @@ q/k/v, RoPE buffers), loaded by eva02.seg.load_segmentor_checkpoint. A model wei
 of it that fits nowhere, stops the run unless --allow-partial is given.
 
 --data DIR: evaluate on your own data's validation split (DIR/img_dir/val, DIR/ann_dir/val, classes from
-DIR/classes.txt: the layout of tools/train_seg.py --data; eva02.seg.own_data).
+DIR/classes.txt: the layout of tools/train_seg.py --data; eva02.seg.own_data), or a Pascal VOC segmentation folder's.
+--val-data ANNOTATIONS IMAGES [--data-format F]: instance annotations (COCO json, YOLO, LabelMe, CVAT) rasterized
+into WORK_DIR/own_data first (eva02.seg.own_formats), as tools/train_seg.py --val-data does.
 --ms-flip: multi-scale (the config's tta_pipeline, ratios 0.5-1.75) + horizontal flip, logits averaged.
 --show-dir: every prediction drawn next to its ground truth, saved under D.
 The metrics (mIoU, mAcc, aAcc) are logged and written to WORK_DIR/TIMESTAMP/TIMESTAMP.json and, with the
@@ -35,6 +38,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from eva02.common.files import atomic_write
+from eva02.common.formats import add_data_args
 from eva02.seg import load_segmentor_checkpoint
 from eva02.seg.run import build_runner, init_cpu_process_group, load_config
 
@@ -42,7 +46,9 @@ from eva02.seg.run import build_runner, init_cpu_process_group, load_config
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate an EVA-02 segmentor (mmseg)")
     add_common_args(p, "config", "weights", "unsafe_pickle", "overrides")
-    p.add_argument("--data", metavar="DIR", help="your own data (DIR/classes.txt, img_dir/val, ann_dir/val)")
+    p.add_argument("--data", metavar="DIR", help="your own data (DIR/classes.txt, img_dir/val, ann_dir/val), or a "
+                   "Pascal VOC segmentation folder")
+    add_data_args(p, training=False)
     p.add_argument("--ms-flip", action="store_true", help="multi-scale + flip test-time augmentation")
     p.add_argument("--show-dir", help="save drawn predictions here")
     p.add_argument("--output", metavar="DIR", help="work dir: logs and metrics (default: work_dirs/CONFIG_NAME)")
@@ -52,7 +58,8 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    cfg = load_config(args.config_file, args.output, args.overrides, args.data)
+    cfg = load_config(args.config_file, args.output, args.overrides, args.data, val=args.val_data,
+                      fmt=args.data_format)
     cfg.load_from = None  # loaded by load_segmentor_checkpoint (official layouts too), see main()
     cfg.test_dataloader.dataset.check_images = True  # report and skip unreadable images
     if args.show_dir:

@@ -12,8 +12,10 @@ Flags (eva02.common.cli's convention): --output DIR (train.output_dir), --weight
 --device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output folder),
 --unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
 by default --eval-only needs every weight in the file and training the whole backbone), --eval-only,
---train-data JSON IMAGES / --val-data JSON IMAGES (your own COCO-format data: eva02.det.own_data; heads of a
-checkpoint trained for other classes are re-laid, and the log says how), --tta (dataloader.tta.enabled: multi-scale +
+--train-data ANNOTATIONS IMAGES / --val-data ANNOTATIONS IMAGES (your own data: a COCO json, or YOLO / Pascal VOC /
+LabelMe / CVAT annotations converted into OUTPUT/own_data, --data-format to name the format; eva02.det.own_data;
+heads of a checkpoint trained for other classes are re-laid, and the log says how), --wandb PROJECT (mirror the
+run's TensorBoard events to Weights & Biases), --tta (dataloader.tta.enabled: multi-scale +
 flip test-time augmentation, eva02.det.tta), then
 KEY=VALUE LazyConfig overrides (a key the config does not have is an error naming the closest one).
 Exit status 1 when --eval-only left unreadable images out (they are named in the log and in results.json).
@@ -40,30 +42,29 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
-from eva02.det.own_data import use_own_data  # noqa: E402
+from eva02.common.formats import add_data_args  # noqa: E402
+from eva02.common.runlog import start_wandb  # noqa: E402
+from eva02.det.own_data import prepare_own_data, use_own_data  # noqa: E402
 
 
-def add_evaluation_args(parser, weights_required: bool = False) -> None:
+def add_evaluation_args(parser, weights_required: bool = False, training: bool = False) -> None:
     """The flags evaluating needs beside --unsafe-pickle (tools/test_det.py has only these; training adds
-    --precision and --train-data)."""
+    --precision, --wandb and --train-data)."""
     parser.add_argument("--output", metavar="DIR", help="train.output_dir: checkpoints, logs, results")
     parser.add_argument("--weights", metavar="PATH", required=weights_required,
                         help="train.init_checkpoint: weights to start from / evaluate")
     parser.add_argument("--device", help="train.device (default: the config's, cuda falling back to cpu)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="train.init_allow_partial: load the weights that fit, leave the others at their init")
-    parser.add_argument("--val-data", nargs=2, metavar=("JSON", "IMAGES"),
-                        help="your own validation set (needed with --train-data; alone for evaluation)")
     parser.add_argument("--tta", action="store_true",
                         help="dataloader.tta.enabled: evaluate with test-time augmentation (eva02.det.tta)")
+    add_data_args(parser, training)
 
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    add_common_args(parser, "precision", "unsafe_pickle")
-    add_evaluation_args(parser)
-    parser.add_argument("--train-data", nargs=2, metavar=("JSON", "IMAGES"),
-                        help="your own training set: a COCO-format json and its image folder (eva02.det.own_data)")
+    add_common_args(parser, "precision", "unsafe_pickle", "wandb")
+    add_evaluation_args(parser, training=True)
     return parser.parse_args(argv)
 
 
@@ -80,13 +81,19 @@ def config_from_args(args):
     if args.allow_partial:
         cfg.train.init_allow_partial = True
     if args.train_data and not args.val_data:
-        raise UsageError("--train-data needs --val-data JSON IMAGES too (the set evaluated during and after training)")
+        raise UsageError("--train-data needs --val-data ANNOTATIONS IMAGES too (the set evaluated during and after "
+                         "training)")
     if args.val_data:
         if not args.train_data and not args.eval_only:
             raise UsageError("--val-data without --train-data: only with --eval-only (training needs --train-data)")
-        classes = use_own_data(cfg.model, cfg.dataloader, args.train_data, args.val_data)
+        train, val, notes = prepare_own_data(args.train_data, args.val_data, cfg.train.output_dir, args.data_format)
+        for note in notes:
+            print(note)
+        classes = use_own_data(cfg.model, cfg.dataloader, train, val)
+        boxes_only = cfg.model.roi_heads.mask_head is None
         print(f"own data: {len(classes)} classes from {(args.train_data or args.val_data)[0]}: "
-                    f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}")
+              f"{', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''}"
+              f"{'; boxes only (no masks in the data): the mask head is off' if boxes_only else ''}")
     if args.tta:
         if "tta" not in cfg.dataloader:
             raise UsageError(f"--tta: {args.config_file} has no dataloader.tta settings (configs/common has them)")
@@ -98,6 +105,8 @@ def main(args) -> int:
     cfg = config_from_args(args)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="eva02")  # our modules' log lines
+    if not args.eval_only and comm.is_main_process():
+        start_wandb(args.wandb, cfg.train.output_dir, config={"config_file": args.config_file, "overrides": args.opts})
     results = run(cfg, eval_only=args.eval_only, resume=args.resume)
     return EXIT_PARTIAL if args.eval_only and results.get("unreadable_images") else EXIT_OK
 

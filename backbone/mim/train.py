@@ -87,9 +87,10 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
 
     Every optimizer step appends {"step", "epoch", "loss", "lr", "grad_norm"} to the history (and to
     output/log.jsonl on rank 0) and calls on_step with it; on_start gets {"step", "total_steps",
-    "steps_per_epoch", "images", "effective_batch", "lr"} once set up. `teacher` replaces the one cfg.teacher
-    names (any FrozenTeacher, e.g. a wrapper around another CLIP implementation). Under torchrun, call
-    torch.distributed init_process_group first: the student is wrapped in DDP, each rank reads its own share.
+    "steps_per_epoch", "images", "effective_batch", "lr", "dataset" (the MIMImageFolder)} once set up.
+    `teacher` replaces the one cfg.teacher names (any FrozenTeacher, e.g. a wrapper around another CLIP
+    implementation). Under torchrun, call torch.distributed init_process_group first: the student is wrapped in
+    DDP, each rank reads its own share.
     """
     if cfg.model not in RECIPES:
         raise KeyError(f"unknown model {cfg.model!r}; choose from {sorted(RECIPES)}")
@@ -152,7 +153,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
 
     if on_start is not None:
         on_start({"step": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                  "images": len(dataset), "effective_batch": effective_batch, "lr": base_lr})
+                  "images": len(dataset), "effective_batch": effective_batch, "lr": base_lr, "dataset": dataset})
     model = student
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None

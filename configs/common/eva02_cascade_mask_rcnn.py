@@ -94,6 +94,7 @@ train.update(
     log_period=20,
     device="cuda",  # falls back to the CPU (with a warning) where no GPU exists
     results_dir="",  # set (e.g. for coco_2017_test-dev): write the COCO results json + zip for the server
+    log_images=4,  # validation images drawn with their predictions into TensorBoard at each evaluation
     seed=-1,
 )
 train.checkpointer.update(period=5000, max_to_keep=3)

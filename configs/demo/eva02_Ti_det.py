@@ -45,7 +45,8 @@ optimizer.lr = 3e-4
 optimizer.params.lr_decay_rate = 1.0  # random init: no pre-trained layers to protect
 optimizer.weight_decay = 0.05
 
-train.update(output_dir="output/demo_det", max_iter=320, eval_period=0, log_period=20, device="cpu", seed=0,
+# one evaluation halfway and one at the end: AP curves and prediction panels in TensorBoard
+train.update(output_dir="output/demo_det", max_iter=320, eval_period=160, log_period=20, device="cpu", seed=0,
              save_predictions=16)
 train.amp.enabled = False
 train.checkpointer.period = 200

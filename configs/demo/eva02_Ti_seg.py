@@ -102,7 +102,7 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
     dict(type="PolyLR", power=1.0, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),
 ]
-train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters // 2)  # halfway and at the end: mIoU curve, panels
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(interval=160, max_keep_ckpts=2, save_best="mIoU"),

@@ -173,7 +173,7 @@ def test_own_data_mistakes_are_one_line(fine_tuned, tmp_path):
     assert "1 of 6 image files named in its annotations do not exist" in proc.stderr and "000001.png" in proc.stderr
     alone = train_det("--config-file", CONFIG, "--output", tmp_path / "x", "--train-data", paths["train_json"],
                       paths["train_images"])
-    assert alone.returncode == 2 and "--train-data needs --val-data JSON IMAGES too" in alone.stderr
+    assert alone.returncode == 2 and "--train-data needs --val-data ANNOTATIONS IMAGES too" in alone.stderr
 
 
 def test_lvis_config_on_own_data_trains_with_its_federated_loss(fine_tuned, make_config, tmp_path):

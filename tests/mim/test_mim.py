@@ -15,6 +15,7 @@ from eva02.backbone.mim import (CLIP_MEAN, CLIP_STD, RECIPES, MIMImageFolder, Pr
                                 pretrain)
 from eva02.backbone.mim.data import epoch_keys
 from eva02.backbone.mim.demo import write_demo_images
+from eva02.common.runlog import read_image_tags, read_scalars
 from tool_process import run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -330,9 +331,20 @@ def test_command_line_tool(tmp_path, image_folder, teacher_ckpt):
     run = run_tool(*cmd, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(open(out / "log.jsonl").readlines()) == 3
-    for name in ("loss.png", "checkpoint.pt", "eva02_Ti_mim_p14.pt", "eva02_Ti_mim_p14to16.pt", "summary.json"):
+    for name in ("curves.png", "checkpoint.pt", "eva02_Ti_mim_p14.pt", "eva02_Ti_mim_p14to16.pt", "summary.json"):
         assert (out / name).is_file(), name
-    assert "wrote" in run.stdout
+    assert "wrote" in run.stdout and f"curves {out / 'curves.png'}" in run.stdout
+    # TensorBoard events, read back by tensorboard's reader: the logged steps, and the masked crops
+    scalars = read_scalars(str(out))
+    logged = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [v for _, v in scalars["loss"]] == pytest.approx([h["loss"] for h in logged])
+    assert [s for s, _ in scalars["lr"]] == [1, 2, 3] and {"images_per_second", "memory_mib"} <= set(scalars)
+    assert read_image_tags(str(out)) == {"masking": [0]}
+    # a resumed run (2 more steps) redoes nothing: the events continue where the checkpoint stopped
+    longer = [("5" if before == "--max-steps" else arg) for before, arg in zip([None, *cmd], cmd)]
+    more = run_tool(*longer, "--resume", timeout=300)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert [s for s, _ in read_scalars(str(out))["loss"]] == [1, 2, 3, 4, 5]
     bad = run_tool(cmd[0], "--output", out, timeout=120)
     assert bad.returncode != 0 and "--teacher and --data are required" in bad.stderr
 
