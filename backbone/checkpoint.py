@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .trv import TrV, TrVConfig
+from .tuning import is_adapter_key
 
 __all__ = [
     "HARMLESS_GLOBALS", "IncompleteCheckpointError", "LoadReport", "check_complete", "infer_trv_config",
@@ -104,6 +105,13 @@ class IncompleteCheckpointError(ValueError):
 def check_complete(source: str, missing: list[str], unused: list[str], opt_out: str, hint: str = "") -> None:
     """IncompleteCheckpointError naming the model weights a load left unloaded and the checkpoint tensors that fit
     nowhere (the first 8 of each), with `hint` (e.g. a class-count mismatch) and how to allow it (`opt_out`)."""
+    missing = [k for k in missing if not is_adapter_key(k)]  # LoRA adapters start fresh by design
+    adapters = [k for k in unused if is_adapter_key(k)]
+    if adapters:  # a LoRA run's checkpoint, for a model built without the adapters: they would be ignored
+        raise IncompleteCheckpointError(
+            f"{source} holds {len(adapters)} LoRA adapter tensors ({adapters[0]}, ...) this model has no place for: "
+            "merge them into plain weights first (tools/convert_checkpoint.py --to merged), or build the model "
+            "with the same lora= setting")
     if not missing and not unused:
         return
     parts = []

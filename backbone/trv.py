@@ -29,6 +29,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .rope import RopeTable, apply_rope, rope_table
+from .tuning import LoRALinear, add_lora, freeze_trv, frozen_modules
 
 __all__ = ["TrV", "TrVConfig", "PRESETS", "create_trv", "preset_config", "ATTN_IMPLS", "xformers_available"]
 
@@ -116,7 +117,10 @@ class Attention(nn.Module):
         """x: (B, N, C) -> (B, N, C). RoPE rotates all but the first `num_prefix` tokens (the cls token)."""
         B, N, C = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        qkv = F.linear(x, self.qkv.weight, bias)
+        if isinstance(self.qkv, LoRALinear):  # its forward would add no q / v bias: the adapter's part alone
+            qkv = qkv + self.qkv.lora_delta(x)
+        qkv = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
         if rope is not None:
             q = apply_rope(q, rope, num_prefix).type_as(v)
@@ -245,6 +249,10 @@ class TrV(nn.Module):
             and pre-training); needs global attention in every block.
         with_mask_token: a learnable token replacing masked patches in pre-training (see forward_tokens).
         rope_pt_grid: the pre-training grid that RoPE positions are scaled to (224 / 14 = 16).
+        frozen_stages: -1 (nothing), 0 (the embeddings), N (and the first N blocks) or "all": not trained
+            (eva02.backbone.tuning).
+        lora: dict(rank, alpha, targets) for LoRA adapters on the blocks' projections; only they train in the
+            encoder (eva02.backbone.tuning).
     """
 
     def __init__(
@@ -263,6 +271,8 @@ class TrV(nn.Module):
         with_cls_token: bool = False,
         with_mask_token: bool = False,
         rope_pt_grid: int = 16,
+        frozen_stages: int | str = -1,
+        lora: dict | None = None,
     ):
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
@@ -296,6 +306,19 @@ class TrV(nn.Module):
             Block(cfg, dpr[i], 0 if i in self.global_blocks else window_size, attn_impl) for i in range(cfg.depth)
         )
         self.init_weights()
+        self.lora = dict(lora) if lora else None
+        self.frozen = -1 if self.lora else frozen_stages  # LoRA freezes the whole base; its blocks keep training
+        frozen_modules(self, self.frozen)  # checks the value
+        if self.lora:
+            add_lora(self, **self.lora)
+        freeze_trv(self, self.frozen)
+
+    def train(self, mode: bool = True) -> "TrV":
+        """nn.Module.train, with frozen blocks kept in eval mode (no drop path)."""
+        super().train(mode)
+        for block in frozen_modules(self, self.frozen):
+            block.eval()
+        return self
 
     # ---------------------------------------------------------------- initialization
     @torch.no_grad()

@@ -28,10 +28,12 @@ from eva02.common.memory import MemoryEstimate, estimate_memory, measure_peak
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trv_step(size: int, checkpointing: bool = False):
+def trv_step(size: int, checkpointing: bool = False, **tuning):
+    """tuning: frozen_stages / lora (eva02.backbone.tuning): what trains, hence which gradients and optimizer
+    state exist."""
     def build():
         return create_trv("eva02_Ti", depth=4, patch_size=16, img_size=size, window_size=4, global_blocks=(1, 3),
-                          use_checkpoint=checkpointing).train()
+                          use_checkpoint=checkpointing, **tuning).train()
 
     def run(model, phase):
         optimizer = torch.optim.AdamW(model.parameters())
@@ -83,6 +85,8 @@ DEMO_SEG = "configs/demo/eva02_Ti_seg.py"
 CASES = (
     Case("TrV Ti (4 blocks) training, 2 x 256 px", lambda: trv_step(256), 1.000),
     Case("TrV Ti (4 blocks) training, checkpointing, 2 x 256 px", lambda: trv_step(256, checkpointing=True), 1.000),
+    Case("TrV Ti (4 blocks) training, 2 blocks frozen, 2 x 256 px", lambda: trv_step(256, frozen_stages=2), 1.000),
+    Case("TrV Ti (4 blocks) training, LoRA rank 8, 2 x 256 px", lambda: trv_step(256, lora=dict(rank=8)), 1.000),
     Case("demo detector training, 2 x 128 px, 10 objects", lambda: det_step(DEMO_DET, 2, 128, True, objects=10),
          1.010),
     Case("demo detector inference, 2 x 128 px", lambda: det_step(DEMO_DET, 2, 128, False), 1.000, gpu_trace=True),

@@ -163,9 +163,9 @@ def _difficult_flags(xml_file: str) -> list[int]:
 
 
 def _read_chunks(fmt: str, annotations: str, images: str, scratch: str, skipped: dict):
-    """(image path, supervision Detections, class names of its class ids, crowd flags) of every image, read
-    CHUNK at a time by supervision's reader of `fmt`; a chunk that fails is read again file by file, and the
-    files that fail alone are left out (in `skipped`)."""
+    """(image path, supervision Detections, class names of its class ids) of every image, read CHUNK at a time by
+    supervision's reader of `fmt`; a chunk that fails is read again file by file, and the files that fail alone
+    are left out (in `skipped`)."""
     import supervision as sv
 
     if fmt == "yolo":
@@ -189,6 +189,14 @@ def _read_chunks(fmt: str, annotations: str, images: str, scratch: str, skipped:
             return sv.DetectionDataset.from_labelme(images, _linked(chunk, scratch))
     else:
         raise ValueError(fmt)
+    if not units:
+        raise UsageError(f"{images if fmt != 'labelme' else annotations}: no "
+                         f"{'images' if fmt != 'labelme' else 'LabelMe .json files'} (format {fmt})")
+    if fmt != "labelme":  # label files whose image is missing: supervision would pass them over in silence
+        stems = {Path(unit).stem for unit in units}
+        for label in _files(annotations, ".txt" if fmt == "yolo" else ".xml"):
+            if Path(label).stem not in stems:
+                skipped[label] = f"no image of this name in {images}"
     for chunk in _chunks(units, CHUNK):
         try:
             parts = [(chunk, read(chunk))]
@@ -222,21 +230,25 @@ def _cvat_instances(xml_file: str, images: str, other: Counter, skipped: dict):
     names = list(dict.fromkeys(labels))
     for image in root.iter("image"):
         path = os.path.join(images, image.get("name", ""))
-        width, height = int(image.get("width", 0)), int(image.get("height", 0))
-        boxes, class_names, masks = [], [], []
-        for shape in image:
-            if shape.tag == "box":
-                x0, y0, x1, y1 = (float(shape.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
-                boxes.append([x0, y0, x1, y1])
-                masks.append(None)
-            elif shape.tag == "polygon":
-                points = np.array([[float(v) for v in p.split(",")] for p in shape.get("points").split(";")])
-                boxes.append([*points.min(0), *points.max(0)])
-                masks.append(sv.polygon_to_mask(points, (width, height)).astype(bool))
-            else:
-                other[shape.tag] += 1
-                continue
-            class_names.append(shape.get("label"))
+        try:
+            width, height = int(image.get("width")), int(image.get("height"))
+            boxes, class_names, masks = [], [], []
+            for shape in image:
+                if shape.tag == "box":
+                    x0, y0, x1, y1 = (float(shape.get(k)) for k in ("xtl", "ytl", "xbr", "ybr"))
+                    boxes.append([x0, y0, x1, y1])
+                    masks.append(None)
+                elif shape.tag == "polygon":
+                    points = np.array([[float(v) for v in p.split(",")] for p in shape.get("points").split(";")])
+                    boxes.append([*points.min(0), *points.max(0)])
+                    masks.append(sv.polygon_to_mask(points, (width, height)).astype(bool))
+                else:
+                    other[shape.tag] += 1
+                    continue
+                class_names.append(shape.get("label"))
+        except (TypeError, ValueError) as error:  # a missing or malformed attribute: this image only
+            skipped[f"{xml_file} <image name={image.get('name')!r}>"] = f"{type(error).__name__}: {error}"
+            continue
         if any(m is not None for m in masks) and any(m is None for m in masks):  # boxes beside polygons: box masks
             masks = [m if m is not None else sv.polygon_to_mask(
                 np.array([[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]), (width, height)).astype(bool)
@@ -272,7 +284,7 @@ def read_instances(annotations: str, images: str, fmt: str | None = None, scratc
         elif fmt == "coco":
             import supervision as sv
 
-            dataset = sv.DetectionDataset.from_coco(images, annotations, force_masks=True)
+            dataset = sv.DetectionDataset.from_coco(images, annotations)
             yield None, None, list(dataset.classes)
             for image_path in dataset.image_paths:
                 yield image_path, dataset.annotations[image_path], dataset.classes

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 from .cli import UsageError
 from .files import atomic_write
 
-__all__ = ["event_files", "read_scalars", "read_image_tags", "draw_curves", "start_wandb", "METRIC_NAMES"]
+__all__ = ["event_files", "read_scalars", "read_image_tags", "draw_curves", "start_wandb", "tensorboard_command",
+           "METRIC_NAMES"]
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "mIoU", "mAcc", "aAcc")  # the last part of a metric's tag
+
+
+def tensorboard_command(logdir: str) -> str:
+    """The command that shows logdir in TensorBoard, with this interpreter (a .venv has no `tensorboard` script)."""
+    return f"{sys.executable} -m tensorboard.main --logdir {logdir}"
 
 
 def event_files(run_dir: str) -> list[str]:

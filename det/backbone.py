@@ -27,7 +27,8 @@ class TrVBackbone(TrV, Backbone):
         patch_size: 16 for detection (p14 checkpoints are resized on load).
         img_size: pre-training image size; the absolute position embedding has img_size / patch_size cells per
             side (224 / 16 = 14, the official detector layout) and is resized bicubically to the feature grid.
-        window_size, global_blocks, rope_grid, drop_path_rate, use_checkpoint, compile_blocks, attn_impl: see `TrV`.
+        window_size, global_blocks, rope_grid, drop_path_rate, use_checkpoint, compile_blocks, attn_impl,
+            frozen_stages, lora: see `TrV` (the last two: eva02.backbone.tuning).
         out_feature: name of the returned feature map.
     """
 
@@ -49,6 +50,8 @@ class TrVBackbone(TrV, Backbone):
         compile_blocks: bool = False,
         attn_impl: str = "sdpa",
         out_feature: str = "last_feat",
+        frozen_stages: int | str = -1,
+        lora: dict | None = None,
     ):
         cfg = preset_config(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_hidden=mlp_hidden,
                             sub_ln=sub_ln)
@@ -56,6 +59,7 @@ class TrVBackbone(TrV, Backbone):
             cfg, patch_size=patch_size, img_size=img_size, window_size=window_size,
             global_blocks=tuple(global_blocks), rope_grid=rope_grid, attn_impl=attn_impl,
             drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint, compile_blocks=compile_blocks,
+            frozen_stages=frozen_stages, lora=lora,
         )
         self._out_feature = out_feature
         self._out_features = [out_feature]

@@ -30,7 +30,7 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
-from eva02.backbone import load_checkpoint, read_state_dict
+from eva02.backbone import is_adapter_key, load_checkpoint, read_state_dict
 from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, check_complete, existing_file,
                                        to_trv_names, unreadable_checkpoint, unwrap_model)
 from eva02.common.class_rows import ClassRows, relay_class_layers
@@ -141,6 +141,8 @@ class EVACheckpointer(DetectionCheckpointer):
                 f"{source}: none of the model's {len(model_keys)} weights is in this file (its keys: "
                 f"{', '.join(sorted(incompatible.unexpected_keys)[:4])}, ...): is it a detector or backbone "
                 "checkpoint of this architecture?")
+        # an unmerged LoRA checkpoint for a model without adapters: refused, whatever `require` says
+        check_complete(source, [], [k for k in incompatible.unexpected_keys if is_adapter_key(k)], _OPT_OUT)
         if self.require == "any":
             return
         required = [k for k in model_keys if k in unloaded and (self.require == "all" or k.startswith(_NET))]

@@ -30,10 +30,10 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.registry import locate
 
 from eva02.backbone.checkpoint import unwrap_model
-from eva02.common.runlog import draw_curves
 from eva02.common.files import atomic_write, remove_stale_temporaries
 from eva02.common.memory import peak_memory_mib
 from eva02.common.precision import autocast, autocast_dtype
+from eva02.common.runlog import draw_curves, tensorboard_command
 
 from .checkpoint import EVACheckpointer
 from .data import check_training_dataset, register_all
@@ -42,8 +42,8 @@ from .resume import ResumableSampler, RNGState, rng_preserved
 from .tta import build_tta
 from .unreadable import ReadableOnly, SkipUnreadable
 
-__all__ = ["EVATrainer", "EMAHook", "RunStatsHook", "ServerResultsWriter", "run", "do_train", "do_test", "build_model",
-           "instantiate_with", "resolve_device", "config_precision", "training_dtype"]
+__all__ = ["EVATrainer", "EMAHook", "RunStatsHook", "ServerResultsWriter", "run", "do_train", "do_test",
+           "build_model", "instantiate_with", "resolve_device", "config_precision", "training_dtype"]
 
 logger = logging.getLogger("eva02.det")
 
@@ -407,7 +407,7 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
         return {}
     curves = draw_curves(cfg.train.output_dir)
     if curves:
-        logger.info(f"training curves: {curves} (TensorBoard: tensorboard --logdir {cfg.train.output_dir})")
+        logger.info(f"training curves: {curves} (TensorBoard: {tensorboard_command(cfg.train.output_dir)})")
     return trainer.storage.latest()
 
 

@@ -17,7 +17,7 @@ import re
 import torch
 from torch import nn
 
-from eva02.backbone import LoadReport, load_checkpoint
+from eva02.backbone import LoadReport, is_adapter_key, load_checkpoint
 from eva02.backbone.checkpoint import IncompleteCheckpointError, check_complete, read_state_dict, read_weights
 from eva02.common.class_rows import ClassRows, relay_class_layers
 
@@ -65,6 +65,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike, weights_
     if "cls_token" in missing:
         missing.remove("cls_token")
         report.converted.append("cls_token: none in the checkpoint (a detection backbone?), kept at its init")
+    check_complete(source, [], [k for k in report.unexpected if is_adapter_key(k)], "")  # unmerged LoRA: refused
     if strict:
         check_complete(source, missing, report.unexpected, "set the backbone's strict_pretrained=False")
     return report
@@ -120,6 +121,7 @@ def load_segmentor_checkpoint(model: nn.Module, path: str | os.PathLike | dict, 
     missing = ["backbone." + k for k in report.missing]
     missing += [k for k in result.missing_keys if not k.startswith("backbone.")]
     unused = ["backbone." + k for k in report.unexpected + report.skipped] + list(result.unexpected_keys)
+    check_complete(source, [], [k for k in unused if is_adapter_key(k)], "")  # unmerged LoRA: refused
     if strict:
         check_complete(source, missing, unused, "pass --allow-partial")
     summary = (f"loaded {source}: backbone {len(report.loaded)} tensors ({'; '.join(report.converted) or 'as is'}), "

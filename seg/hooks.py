@@ -29,10 +29,10 @@ from mmengine.runner.checkpoint import load_from_local as mmengine_load_from_loc
 from mmseg.registry import HOOKS
 
 from eva02.backbone.checkpoint import unreadable_checkpoint
-from eva02.common.runlog import draw_curves
 from eva02.common.files import atomic_write, remove_stale_temporaries
 from eva02.common.memory import peak_memory_mib
 from eva02.common.rng import capture_rng, restore_rng
+from eva02.common.runlog import draw_curves, tensorboard_command
 
 from .checkpoint import load_segmentor_checkpoint
 from .predictor import overlay
@@ -213,5 +213,5 @@ class RunLogHook(Hook):
         if is_main_process():
             curves = draw_curves(runner.work_dir)
             if curves:
-                print_log(f"training curves: {curves} (TensorBoard: tensorboard --logdir {runner.work_dir})",
+                print_log(f"training curves: {curves} (TensorBoard: {tensorboard_command(runner.work_dir)})",
                           logger="current")

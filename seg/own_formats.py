@@ -189,14 +189,23 @@ def voc_to_layout(devkit: str, root: str) -> list[str]:
     return classes
 
 
+def _stamp(path: str) -> float:
+    """The latest modification time of a file, or of a folder and the files in it (an edited label file changes
+    its own time, not its folder's)."""
+    if not osp.isdir(path):
+        return osp.getmtime(path)
+    with os.scandir(path) as entries:
+        return max([osp.getmtime(path), *(entry.stat().st_mtime for entry in entries)])
+
+
 def _once(root: str, sources: list[str], make) -> bool:
-    """make() unless root already holds the layout made from the same sources (paths and modification times):
-    one process of a multi-process run converts, the others (waiting on a file lock) and a resumed run reuse
-    it. Returns whether make() ran."""
+    """make() unless root already holds the layout made from the same sources (paths and modification times,
+    _stamp): one process of a multi-process run converts, the others (waiting on a file lock) and a resumed run
+    reuse it. Returns whether make() ran."""
     import fcntl
     import json
 
-    key = json.dumps([[osp.abspath(p), osp.getmtime(p)] for p in sources])
+    key = json.dumps([[osp.abspath(p), _stamp(p)] for p in sources])
     marker = osp.join(root, ".converted_from")
     os.makedirs(root, exist_ok=True)
     with open(osp.join(root, ".lock"), "w") as lock:
@@ -222,7 +231,8 @@ def seg_data_root(data: str | None, work_dir: str, train: tuple[str, str] | None
             print(f"own data: {pairs[0][0]} and {val[0]} rasterized into {root}")
         return root
     if data is not None and is_voc_segmentation(data):
-        if _once(root, [data, osp.join(data, "SegmentationClass")], lambda: voc_to_layout(data, root)):
+        sources = [data, *(osp.join(data, sub) for sub in ("SegmentationClass", osp.join("ImageSets", "Segmentation")))]
+        if _once(root, sources, lambda: voc_to_layout(data, root)):
             print(f"own data {data}: Pascal VOC segmentation linked into {root}")
         return root
     return data

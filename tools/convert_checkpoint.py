@@ -6,10 +6,15 @@
                 RoPE buffers dropped, official key names at the top level).
   --to eva02    any layout load_checkpoint reads -> this project's layout: {"model": TrV state dict (fused
                 qkv), "arch": {...}}, at the patch size you ask for.
+  --to merged   a checkpoint of a LoRA run (detection, segmentation; lora= in the config) -> the same checkpoint
+                with every adapter folded into its weight (eva02.backbone.merge_lora), which every tool loads into
+                a model without adapters; the weights (and an EMA copy), class names and metadata are kept, the
+                training state (optimizer, scheduler, iteration) is not.
 
 Examples (flags follow eva02.common.cli's convention):
   python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_pt_m38m_p14to16.pt --to p14to16
   python tools/convert_checkpoint.py --input eva02_L_pt_m38m_p14.pt --output eva02_L_p16.pth --to eva02 --patch-size 16
+  python tools/convert_checkpoint.py --input output/lora/model_final.pth --output model_merged.pth --to merged
 """
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ from eva02.common.cli import EXIT_OK, add_common_args, quiet_third_party_warning
 
 quiet_third_party_warnings()  # first: the frameworks' imports below warn too (--debug keeps them)
 
-from eva02.backbone import PRESETS, TrVConfig, create_trv, load_checkpoint, official_p14_to_p16, read_state_dict
+import torch
+
+from eva02.backbone import (PRESETS, TrVConfig, create_trv, is_adapter_key, load_checkpoint, merge_lora,
+                            official_p14_to_p16, read_state_dict)
 from eva02.backbone.checkpoint import LoadReport, infer_trv_config, to_trv_names, unwrap_state_dict
 from eva02.common.files import save_atomic
 
@@ -35,12 +43,33 @@ def infer_preset(state: dict, source: str) -> tuple[str, TrVConfig]:
                      f"({ {n: c.embed_dim for n, c in PRESETS.items()} }): --to eva02 converts these sizes only")
 
 
+TRAINING_STATE = ("optimizer", "scheduler", "param_schedulers", "trainer", "iteration", "message_hub", "meta_iter",
+                  "grad_scaler", "rng_state")
+
+
+def merge_checkpoint(raw: dict, source: str) -> tuple[dict, int]:
+    """--to merged: every weight dict of the checkpoint (top level, model / state_dict / module / ema_state)
+    with its LoRA adapters folded in, the other entries but the training state kept. Returns it and how many
+    weights took an adapter."""
+    def merged(weights: dict) -> dict:
+        return merge_lora(weights) if any(is_adapter_key(k) for k in weights) else weights
+
+    if any(isinstance(v, torch.Tensor) for v in raw.values()):  # a bare state dict
+        out = merged(raw)
+    else:
+        out = {k: merged(v) if isinstance(v, dict) else v for k, v in raw.items() if k not in TRAINING_STATE}
+    before = sum(k.endswith(".lora_a") for v in (raw, *raw.values()) if isinstance(v, dict) for k in v)
+    if not before:
+        raise ValueError(f"{source}: no LoRA adapters (keys ending in .lora_a / .lora_b) to merge")
+    return out, before
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, metavar="PATH", help="the checkpoint to convert")
     parser.add_argument("--output", required=True, metavar="PATH", help="where the converted checkpoint goes")
     add_common_args(parser, "unsafe_pickle")
-    parser.add_argument("--to", choices=("p14to16", "eva02"), required=True)
+    parser.add_argument("--to", choices=("p14to16", "eva02", "merged"), required=True)
     parser.add_argument("--patch-size", type=int, default=16, help="--to eva02: patch size of the result")
     parser.add_argument("--img-size", type=int, default=224, help="pre-training size setting the pos-embed grid")
     parser.add_argument("--patch-resize", choices=("bicubic", "pinv"), default="bicubic")
@@ -48,6 +77,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     raw = read_state_dict(args.input, weights_only=not args.unsafe_pickle)
+    if args.to == "merged":
+        out, merged = merge_checkpoint(raw, args.input)
+        save_atomic(out, args.output)
+        print(f"wrote {args.output}: LoRA adapters folded into {merged} weights; kept {', '.join(sorted(out))}")
+        return EXIT_OK
     if args.to == "p14to16":
         report = LoadReport()
         state = unwrap_state_dict(raw, args.use_ema, args.input, report)

@@ -11,8 +11,10 @@ torch.cuda.max_memory_allocated reports; "needed" adds the caching allocator's f
 context and library workspaces (1 GiB) and, for --gpus > 1, DDP's gradient buckets.
 
 --gpu-memory GB answers "what fits": whether this setting does, and for training the largest batch per GPU
-with the config's settings and with activation checkpointing and AMP switched on, so you see which setting to
-change. Detection: --objects N ground-truth objects per image (default 100, the most a COCO image has) and
+with the config's settings and with activation checkpointing and AMP switched on; when none of those fits --batch
+(and the config trains its whole encoder), also with the encoder frozen and with LoRA adapters of rank 8
+(eva02.backbone.tuning). So you see which setting to change.
+Detection: --objects N ground-truth objects per image (default 100, the most a COCO image has) and
 --detections N per image at inference (default: the config's test_topk_per_image); segmentation: --classes N
 classes per crop (default 30). --attention: the attention kernel your GPU will use (auto: flash with AMP,
 memory-efficient in fp32). Estimates are within the error that docs/memory.md states,
@@ -21,6 +23,7 @@ measured against real peaks.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -75,10 +78,10 @@ class Planner:
                 raise UsageError("--classes is for segmentation configs; detection takes --objects")
             self.cfg = load_config(str(path), args.overrides)
             self.size = args.size or int(self.cfg.model.backbone.square_pad)
-            self._plan = lambda **kw: plan_detector(self.cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
-                                                    detections=args.detections, **common, **kw)
+            self._plan = lambda cfg, **kw: plan_detector(cfg, size=self.size, objects=args.objects or DEFAULT_OBJECTS,
+                                                         detections=args.detections, **common, **kw)
             self.precision_default = config_precision(self.cfg)
-            backbone = self.cfg.model.backbone.net
+            encoder = lambda cfg: cfg.model.backbone.net  # noqa: E731
         else:
             from eva02.seg.memory import DEFAULT_CLASSES, plan_segmentor
             from eva02.seg.optim import config_precision
@@ -88,26 +91,36 @@ class Planner:
                 raise UsageError("--objects / --detections are for detection configs; segmentation takes --classes")
             self.cfg = read_config(str(path), args.overrides)
             self.size = args.size or int(self.cfg.model.data_preprocessor.size[0])
-            self._plan = lambda **kw: plan_segmentor(self.cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
-                                                     **common, **kw)
+            self._plan = lambda cfg, **kw: plan_segmentor(cfg, size=self.size, classes=args.classes or DEFAULT_CLASSES,
+                                                          **common, **kw)
             self.precision_default = config_precision(self.cfg)
-            backbone = self.cfg.model.backbone
+            encoder = lambda cfg: cfg.model.backbone  # noqa: E731
+        backbone = encoder(self.cfg)
+        # what of the encoder trains (eva02.backbone.tuning): as configured, or the two cheaper ways to fine-tune
+        self.tuned = backbone.get("lora") is not None or backbone.get("frozen_stages", -1) != -1
+        self.configs = {"": self.cfg}
+        for label, key, value in (("encoder frozen", "frozen_stages", "all"), ("LoRA rank 8", "lora", dict(rank=8))):
+            self.configs[label] = copy.deepcopy(self.cfg)
+            encoder(self.configs[label])[key] = value
         self.checkpointing_default = bool(backbone.get("use_checkpoint", False))
         self.compiled = bool(backbone.get("compile_blocks", False))
-        self._traced = {}  # (batch, train, precision, checkpointing) -> estimate: the search re-asks the report's
+        self._traced = {}  # (batch, train, precision, checkpointing, tuning) -> estimate: the search re-asks
         patch = int(backbone.get("patch_size", 16))
         if self.size % patch:
             raise UsageError(f"--size {self.size}: must be a multiple of the patch size {patch}")
 
-    def plan(self, batch: int, train: bool, precision: str, checkpointing: bool):
-        key = (batch, train, precision, checkpointing)
+    def plan(self, batch: int, train: bool, precision: str, checkpointing: bool, tuning: str = ""):
+        """tuning: "" (as configured) or a label of self.configs (the encoder frozen, LoRA)."""
+        key = (batch, train, precision, checkpointing, tuning)
         if key in self._traced:
             return self._traced[key]
         start = time.perf_counter()
-        estimate = self._plan(batch=batch, train=train, precision=precision, checkpointing=checkpointing)
+        estimate = self._plan(self.configs[tuning], batch=batch, train=train, precision=precision,
+                              checkpointing=checkpointing)
         what = "training step" if train else "inference"
-        print(f"  traced {what}, batch {batch}, {precision}, checkpointing {'on' if checkpointing else 'off'}: "
-              f"{gib(estimate.peak):.2f} GiB ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+        print(f"  traced {what}, batch {batch}, {precision}, checkpointing {'on' if checkpointing else 'off'}"
+              f"{', ' + tuning if tuning else ''}: {gib(estimate.peak):.2f} GiB "
+              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
         self._traced[key] = estimate
         return estimate
 
@@ -125,6 +138,16 @@ def _report(title: str, estimate, gpu_bytes: float | None) -> None:
               + ", ".join(f"{op} x{n}" for op, n in sorted(estimate.stand_ins.items())))
     if gpu_bytes is not None:
         print(f"  fits in {gib(gpu_bytes):g} GiB: {'yes' if fits(estimate, gpu_bytes) else 'no'}")
+
+
+def _largest_row(planner: Planner, args, gpu_bytes: float, precision: str, checkpointing: bool, tuning: str) -> int:
+    """Print and return the largest training batch per GPU that fits with these settings."""
+    n, _ = largest_fitting(lambda b: planner.plan(b, True, precision, checkpointing, tuning), gpu_bytes,
+                           limit=args.max_batch)
+    label = f"{precision}, checkpointing {'on' if checkpointing else 'off'}{', ' + tuning if tuning else ''}"
+    print(f"  {label:<52} {n if n else 'none: even 1 image does not fit'}"
+          f"{' (or more: --max-batch)' if n == args.max_batch else ''}")
+    return n
 
 
 def main(argv=None) -> int:
@@ -146,16 +169,17 @@ def main(argv=None) -> int:
         _report("inference (fp32, no gradients)", planner.plan(args.batch, False, "fp32", checkpointing), gpu_bytes)
     if gpu_bytes is not None and args.mode in ("train", "both"):
         print(f"largest training batch per GPU that fits in {args.gpu_memory:g} GiB:")
-        settings = [(precision, checkpointing)]
+        settings = [(precision, checkpointing, "")]
         if not checkpointing:
-            settings.append((precision, True))
+            settings.append((precision, True, ""))
         if precision == "fp32":
-            settings += [("fp16", checkpointing), ("fp16", True)]
-        for precision_s, ckpt in dict.fromkeys(settings):
-            n, _ = largest_fitting(lambda b: planner.plan(b, True, precision_s, ckpt), gpu_bytes, limit=args.max_batch)
-            label = f"{precision_s}, checkpointing {'on' if ckpt else 'off'}"
-            print(f"  {label:<36} {n if n else 'none: even 1 image does not fit'}"
-                  f"{' (or more: --max-batch)' if n == args.max_batch else ''}")
+            settings += [("fp16", checkpointing, ""), ("fp16", True, "")]
+        best = 0
+        for precision_s, ckpt, tuning in dict.fromkeys(settings):
+            best = max(best, _largest_row(planner, args, gpu_bytes, precision_s, ckpt, tuning))
+        if best < args.batch and not planner.tuned:  # short of --batch: on the cheapest setting, train less
+            for tuning in (t for t in planner.configs if t):
+                _largest_row(planner, args, gpu_bytes, *settings[-1][:2], tuning)
     return 0
 
 

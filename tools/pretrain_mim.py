@@ -41,7 +41,7 @@ from eva02.backbone.mim import DEFAULT_MASK_RATIO, RECIPES, PretrainConfig, expo
 from eva02.backbone.mim.demo import write_demo_images, write_random_teacher
 from eva02.backbone.mim.train import CHECKPOINT_NAME, LOG_NAME
 from eva02.common.memory import peak_memory_mib
-from eva02.common.runlog import draw_curves, start_wandb
+from eva02.common.runlog import draw_curves, start_wandb, tensorboard_command
 
 # --demo: a CPU-sized run (EVA-02-Ti at 112 px against a random 2-block teacher, 36 steps).
 DEMO = dict(model="eva02_Ti", input_size=112, batch_size=8, epochs=3, lr=1e-3, warmup_epochs=0.5,
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             curves = draw_curves(args.output, title=f"MIM {args.model}")
             first, last = history[0]["loss"], history[-1]["loss"]
             print(f"step {result['step']}: loss {first:.4f} -> {last:.4f}; log {os.path.join(args.output, LOG_NAME)}, "
-                  f"curves {curves} (TensorBoard: tensorboard --logdir {args.output})")
+                  f"curves {curves} (TensorBoard: {tensorboard_command(args.output)})")
         if args.export:
             for path in export_official(result["checkpoint"], args.output, stem):
                 print(f"wrote {path}")

@@ -181,3 +181,24 @@ def test_convert_tool_writes_coco_and_the_segmentation_layout(source, tmp_path):
     missing = run_tool("tools/convert_data.py", "--train-data", train_ann, train_img, "--output", tmp_path / "x", "--to",
                        "seg", check=False)
     assert missing.returncode == 2 and "--to seg needs --val-data" in missing.stderr
+
+
+def test_a_malformed_cvat_shape_leaves_out_its_image_only(source, tmp_path):
+    annotations, images = written(source, "cvat")
+    broken = tmp_path / "annotations.xml"
+    broken.write_text(annotations.read_text().replace('points="', 'points="x,', 1))  # the first image's first polygon
+    conversion = convert_to_coco(str(broken), str(images), str(tmp_path / "out.json"))
+    first = sorted(objects_by_image(source[2]["train"]))[0]
+    assert conversion.images == 5 and list(conversion.skipped) == [f"{broken} <image name={first!r}>"]
+    assert conversion.skipped[f"{broken} <image name={first!r}>"].startswith("ValueError")
+
+
+def test_label_files_without_their_image_are_named(source, tmp_path):
+    labels, images = written(source, "yolo")
+    (tmp_path / "one").mkdir()
+    kept = sorted(Path(images).glob("*.png"))[0]
+    (tmp_path / "one" / kept.name).symlink_to(kept)
+    conversion = convert_to_coco(str(labels), str(tmp_path / "one"), str(tmp_path / "out.json"))
+    assert conversion.images == 1
+    assert sorted(conversion.skipped) == sorted(str(p) for p in Path(labels).glob("*.txt") if p.stem != kept.stem)
+    assert all(reason == f"no image of this name in {tmp_path / 'one'}" for reason in conversion.skipped.values())

@@ -46,3 +46,16 @@ def test_tool_bad_input_one_line(args, message):
     proc = tool(*args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # 9 traces of the demo detector
+def test_tool_offers_freezing_and_lora_when_nothing_else_fits_the_batch():
+    """The same budget, asking for 4 images: AMP + checkpointing fit 2; the frozen encoder and LoRA rows follow."""
+    proc = tool("--config-file", "configs/demo/eva02_Ti_det.py", "--gpu-memory", "1.19", "--objects", "5",
+                "--precision", "fp16", "--checkpointing", "on", "--gpus", "1", "--mode", "train", "--max-batch", "4",
+                "--batch", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = [line.split() for line in proc.stdout.split("largest training batch", 1)[1].splitlines()[1:]]
+    assert answers[0] == ["fp16,", "checkpointing", "on", "2"], proc.stdout
+    assert [a[:6] for a in answers[1:]] == [["fp16,", "checkpointing", "on,", "encoder", "frozen", "4"],
+                                           ["fp16,", "checkpointing", "on,", "LoRA", "rank", "8"]], proc.stdout
