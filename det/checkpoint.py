@@ -37,7 +37,7 @@ from eva02.common.class_rows import ClassRows, relay_class_layers
 from eva02.common.files import atomic_write, save_atomic
 
 
-__all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights"]
+__all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights", "stored_classes"]
 
 logger = logging.getLogger(__name__)
 _NET = "backbone.net."
@@ -194,6 +194,12 @@ def convert_detector_state(state: dict, model, source: str = "<checkpoint>") -> 
     rest = {k: v for k, v in state.items() if not k.startswith(_NET) and k not in constant}
     dropped = [_NET + k for k in report.derived] + [k for k in state if k in constant]
     return {**rest, **{_NET + k: v for k, v in backbone.items()}}, dropped
+
+
+def stored_classes(path: str, weights_only: bool = True) -> list[str] | None:
+    """The class names a checkpoint of ours stores ("classes"), None for others (official releases)."""
+    classes = read_state_dict(path, weights_only).get("classes")
+    return list(classes) if classes else None
 
 
 def load_detector_weights(model, path: str, use_ema: bool = False, weights_only: bool = True,

@@ -204,17 +204,18 @@ class OwnFedLossClassWeights:
         return torch.tensor([max(len(images[cid]), 1) for cid in ids], dtype=torch.float32) ** self.power
 
 
-def prepare_own_data(train: tuple[str, str] | None, val: tuple[str, str], out_dir: str,
-                     fmt: str | None = None) -> tuple[tuple[str, str] | None, tuple[str, str], list[str]]:
+def prepare_own_data(train: tuple[str, str] | None, val: tuple[str, str], out_dir: str, fmt: str | None = None,
+                     classes: list[str] | None = None) -> tuple[tuple[str, str] | None, tuple[str, str], list[str]]:
     """The (COCO json, image folder) pairs for use_own_data from data in any format of eva02.common.formats: a
     COCO json stays as it is; other formats are converted into OUT_DIR/own_data/{train,val}.json (the validation
-    set with the training set's class list) on the main process while the others wait. fmt: the format of both,
-    None to detect each. Returns the two pairs and one line per conversion for the log."""
+    set with the training set's class list, or `classes`: a checkpoint's, when evaluating it) on the main process
+    while the others wait. fmt: the format of both, None to detect each. Returns the two pairs and one line per
+    conversion for the log."""
     from detectron2.utils import comm
 
     from eva02.common.formats import convert_to_coco, detect_format
 
-    pairs, notes, classes = {}, [], None
+    pairs, notes = {}, []
     for split, pair in (("train", train), ("val", val)):
         if pair is None:
             pairs[split] = None

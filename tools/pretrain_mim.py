@@ -74,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attn-impl", choices=("sdpa", "math", "xformers"), default="sdpa")
     p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
     p.add_argument("--compile-blocks", action="store_true", help="torch.compile every student block")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the student's parameters, gradients "
+                   "and optimizer state over the processes (PyTorch FSDP2, one unit per block) instead of DDP")
     p.add_argument("--arch", nargs="*", default=[], metavar="KEY=INT",
                    help="TrV architecture overrides for a shrunk student, e.g. depth=4")
     p.add_argument("--export", action="store_true", help="after training, write the official p14 / p14to16 files")
@@ -153,6 +155,7 @@ def main(argv=None) -> int:
         precision=args.precision, num_workers=args.workers, seed=args.seed,
         save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
         use_checkpoint=args.use_checkpoint, compile_blocks=args.compile_blocks, arch=args.arch,
+        parallel="fsdp" if args.fsdp else "ddp",
     )
     bar = writer = None
     clock = {"last": 0.0, "batch": 0}

@@ -37,9 +37,8 @@ class MIMStudent(nn.Module):
         # Official init: the xavier-normal pass covers lm_head too (it overrides the earlier trunc-normal).
         nn.init.xavier_normal_(self.lm_head.weight)
         nn.init.zeros_(self.lm_head.bias)
-        if patch_grad_scale != 1.0:
-            for p in encoder.patch_embed.parameters():
-                p.register_hook(lambda grad: grad * patch_grad_scale)
+        if patch_grad_scale != 1.0:  # on the conv's output, as official; a module hook survives FSDP's sharding
+            encoder.patch_embed.proj.register_forward_hook(_ScaledGradient(patch_grad_scale))
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W), mask (B, N) bool -> predictions (M, D) for the M masked patches, batch-major."""
@@ -77,6 +76,28 @@ class MIMStudent(nn.Module):
         for prefix in ["rope."] + [f"blocks.{i}.attn.rope." for i in range(self.encoder.cfg.depth)]:
             out[prefix + "freqs_cos"], out[prefix + "freqs_sin"] = table.cos.clone(), table.sin.clone()
         return out
+
+
+class _ScaledGradient:
+    """Forward hook: the module's output unchanged, its gradient multiplied by `scale` on the way back (the
+    official x.detach() * (1 - scale) + x * scale, without its rounding)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return _ScaleGrad.apply(output, self.scale)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
 
 
 def create_mim_student(name: str, target_dim: int, patch_grad_scale: float = 0.1, **overrides) -> MIMStudent:

@@ -15,6 +15,7 @@ from torch import nn
 
 from eva02.common.files import remove_stale_temporaries, save_atomic
 from eva02.common.precision import autocast, autocast_dtype
+from eva02.common.sharding import OPTIMIZER_BY_NAME, full_states, load_full_states, shard
 
 from ..layer_decay import MIM_NO_DECAY, param_groups
 from .data import DEFAULT_MASK_RATIO, MIMImageFolder, epoch_keys
@@ -65,6 +66,9 @@ class PretrainConfig:
     use_checkpoint: bool = False
     compile_blocks: bool = False  # torch.compile every student block (see TrV)
     arch: dict = field(default_factory=dict)  # TrV architecture overrides (tests: a shrunk student)
+    # under torchrun: "ddp" (every process holds the whole student) or "fsdp" (FSDP2, one unit per block:
+    # parameters, gradients and AdamW state sharded over the processes; eva02.common.sharding)
+    parallel: str = "ddp"
 
 
 def _dist_info() -> tuple[int, int]:
@@ -90,14 +94,21 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     "steps_per_epoch", "images", "effective_batch", "lr", "dataset" (the MIMImageFolder)} once set up.
     `teacher` replaces the one cfg.teacher names (any FrozenTeacher, e.g. a wrapper around another CLIP
     implementation). Under torchrun, call torch.distributed init_process_group first: the student is wrapped in
-    DDP, each rank reads its own share.
+    DDP (cfg.parallel "ddp") or sharded by FSDP2 ("fsdp"), each rank reads its own share; checkpoints hold the
+    whole student either way.
     """
     if cfg.model not in RECIPES:
         raise KeyError(f"unknown model {cfg.model!r}; choose from {sorted(RECIPES)}")
+    if cfg.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel={cfg.parallel!r}: use 'ddp' or 'fsdp'")
     rank, world = _dist_info()
+    sharded = cfg.parallel == "fsdp" and world > 1
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = RECIPES[cfg.model]
     amp_dtype = _autocast_dtype(cfg.precision, device)
+    if sharded and amp_dtype == torch.float16:
+        raise ValueError("fp16 under FSDP needs a sharded loss scaler, which this loop does not have: use bf16 "
+                         "(--precision bf16) or fp32")
     grad_clip = recipe.grad_clip if cfg.grad_clip is None else cfg.grad_clip
 
     dataset = MIMImageFolder(cfg.data, cfg.input_size, 14, recipe.crop_scale, cfg.mask_ratio, seed=cfg.seed)
@@ -125,6 +136,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
         use_checkpoint=cfg.use_checkpoint, compile_blocks=cfg.compile_blocks,
         drop_path_rate=recipe.drop_path if cfg.drop_path is None else cfg.drop_path, **cfg.arch,
     ).to(device)
+    if sharded:
+        shard(student, student.encoder.blocks, device)
     groups = param_groups(student.named_parameters(), base_lr,
                           recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
                           student.encoder.cfg.depth, 1.0, no_decay=MIM_NO_DECAY)
@@ -138,8 +151,13 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
         ckpt = read_training_checkpoint(ckpt_path)
         if ckpt["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpt_path} is a {ckpt['config']['model']} run, not {cfg.model}; use another --output")
-        student.load_state_dict(ckpt["student"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("optimizer_layout") == OPTIMIZER_BY_NAME:  # written by a sharded run
+            load_full_states(student, optimizer, ckpt["student"], ckpt["optimizer"])
+        elif sharded:
+            raise ValueError(f"{ckpt_path} was written by a run without FSDP: resume it with parallel 'ddp'")
+        else:
+            student.load_state_dict(ckpt["student"])
+            optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, history = ckpt["step"], list(ckpt["history"])
         log.info("resumed %s at step %d", ckpt_path, step)
@@ -155,13 +173,18 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
         on_start({"step": step, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                   "images": len(dataset), "effective_batch": effective_batch, "lr": base_lr, "dataset": dataset})
     model = student
-    if world > 1:
+    if world > 1 and not sharded:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
 
     def save():
+        if sharded:  # every process takes part in gathering the whole states; rank 0 writes them
+            weights, optimizer_state = full_states(student, optimizer)
+            layout = OPTIMIZER_BY_NAME
+        else:
+            weights, optimizer_state, layout = student.state_dict(), optimizer.state_dict(), "by_index"
         if rank == 0:
-            save_atomic({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            save_atomic({"student": weights, "optimizer": optimizer_state, "optimizer_layout": layout,
                          "scaler": scaler.state_dict(), "step": step, "history": history, "config": asdict(cfg)},
                         ckpt_path)
 
@@ -185,7 +208,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
                 images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
                 targets = teacher(images, grid, amp_dtype)
                 last = micro == cfg.accum_steps - 1
-                sync = model.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                if sharded:  # FSDP2: reduce-scatter the gradients at the last micro-step only
+                    student.set_requires_gradient_sync(last)
+                sync = model.no_sync() if world > 1 and not sharded and not last else contextlib.nullcontext()
                 with sync:
                     with autocast(device, amp_dtype):
                         loss = mim_loss(model(images, mask), targets, mask)
@@ -193,6 +218,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
                 loss_sum += loss.detach()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: its parts summed over the processes
+                grad_norm = grad_norm.full_tensor()
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
