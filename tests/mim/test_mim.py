@@ -402,7 +402,8 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_result(tmp_path, image_
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *prefix,
                os.path.join(REPO, "tools", "pretrain_mim.py"), *(["--resume"] if resume else []), "--fsdp",
                "--model", "eva02_Ti", "--teacher", teacher_ckpt, "--data", image_folder, "--output", out,
-               "--input-size", "112", "--batch-size", "2", "--workers", "0", "--lr", "1e-3", "--warmup-epochs", "0.5", "--max-steps", "4", "--save-every", "2",
+               "--input-size", "112", "--batch-size", "2", "--workers", "0", "--lr", "1e-3", "--warmup-epochs", "0.5",
+               "--max-steps", "4", "--save-every", "2",
                "--arch", *(f"{k}={v}" for k, v in SMALL.items())]
         return subprocess.run(list(map(str, cmd)), cwd=REPO, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
