@@ -308,7 +308,6 @@ class TrV(nn.Module):
         self.init_weights()
         self.lora = dict(lora) if lora else None
         self.frozen = -1 if self.lora else frozen_stages  # LoRA freezes the whole base; its blocks keep training
-        frozen_modules(self, self.frozen)  # checks the value
         if self.lora:
             add_lora(self, **self.lora)
         freeze_trv(self, self.frozen)

@@ -162,62 +162,62 @@ def _difficult_flags(xml_file: str) -> list[int]:
     return [int((obj.findtext("difficult") or "0").strip() or 0) for obj in root.findall("object")]
 
 
-def _read_chunks(fmt: str, annotations: str, images: str, scratch: str, skipped: dict):
+def _read_chunks(fmt: str, annotations: str, images: str, skipped: dict, yolo_names: list[str] | None):
     """(image path, supervision Detections, class names of its class ids) of every image, read CHUNK at a time by
-    supervision's reader of `fmt`; a chunk that fails is read again file by file, and the files that fail alone
-    are left out (in `skipped`)."""
+    supervision's reader of `fmt` (YOLO: with the class names `yolo_names`); a chunk that fails is read again
+    file by file, and the files that fail alone are left out (in `skipped`)."""
     import supervision as sv
 
-    if fmt == "yolo":
-        names_file = find_yolo_classes(annotations)
-        names = _yolo_names(names_file)
-        yaml = os.path.join(scratch, "data.yaml")
-        Path(yaml).write_text(json.dumps({"names": names}))  # JSON is YAML: the names as supervision reads them
-        units = _images(images)
+    scratch = tempfile.mkdtemp(prefix="eva02-formats-")  # the chunks' links, and YOLO's names as supervision reads
+    try:
+        if fmt == "yolo":
+            yaml = os.path.join(scratch, "data.yaml")
+            Path(yaml).write_text(json.dumps({"names": yolo_names}))  # JSON is YAML
+            units = _images(images)
 
-        def read(chunk):
-            return sv.DetectionDataset.from_yolo(_linked(chunk, scratch), annotations, yaml)
-    elif fmt == "voc":
-        units = _images(images)
+            def read(chunk):
+                return sv.DetectionDataset.from_yolo(_linked(chunk, scratch), annotations, yaml)
+        elif fmt == "voc":
+            units = _images(images)
 
-        def read(chunk):
-            return sv.DetectionDataset.from_pascal_voc(_linked(chunk, scratch), annotations)
-    elif fmt == "labelme":
-        units = _files(annotations, ".json")
+            def read(chunk):
+                return sv.DetectionDataset.from_pascal_voc(_linked(chunk, scratch), annotations)
+        elif fmt == "labelme":
+            units = _files(annotations, ".json")
 
-        def read(chunk):
-            return sv.DetectionDataset.from_labelme(images, _linked(chunk, scratch))
-    else:
-        raise ValueError(fmt)
-    if not units:
-        raise UsageError(f"{images if fmt != 'labelme' else annotations}: no "
-                         f"{'images' if fmt != 'labelme' else 'LabelMe .json files'} (format {fmt})")
-    if fmt != "labelme":  # label files whose image is missing: supervision would pass them over in silence
-        stems = {Path(unit).stem for unit in units}
-        for label in _files(annotations, ".txt" if fmt == "yolo" else ".xml"):
-            if Path(label).stem not in stems:
-                skipped[label] = f"no image of this name in {images}"
-    for chunk in _chunks(units, CHUNK):
-        try:
-            parts = [(chunk, read(chunk))]
-        except Exception:  # noqa: BLE001  (readers raise anything on a bad file): find it, keep the rest
-            parts = []
-            for unit in chunk:
-                try:
-                    parts.append(([unit], read([unit])))
-                except Exception as error:  # noqa: BLE001
-                    skipped[unit] = f"{type(error).__name__}: {str(error)[:200]}"
-        for _, dataset in parts:
-            for image_path in dataset.image_paths:  # not iterating the dataset: that decodes every image
-                # the image in the user's folder, not the chunk's link to it
-                yield os.path.join(images, os.path.basename(image_path)), dataset.annotations[image_path], \
-                    dataset.classes
+            def read(chunk):
+                return sv.DetectionDataset.from_labelme(images, _linked(chunk, scratch))
+        else:
+            raise ValueError(fmt)
+        if not units:
+            raise UsageError(f"{images if fmt != 'labelme' else annotations}: no "
+                             f"{'images' if fmt != 'labelme' else 'LabelMe .json files'} (format {fmt})")
+        if fmt != "labelme":  # label files whose image is missing: supervision would pass them over in silence
+            stems = {Path(unit).stem for unit in units}
+            for label in _files(annotations, ".txt" if fmt == "yolo" else ".xml"):
+                if Path(label).stem not in stems:
+                    skipped[label] = f"no image of this name in {images}"
+        for chunk in _chunks(units, CHUNK):
+            try:
+                parts = [read(chunk)]
+            except Exception:  # noqa: BLE001  (readers raise anything on a bad file): find it, keep the rest
+                parts = []
+                for unit in chunk:
+                    try:
+                        parts.append(read([unit]))
+                    except Exception as error:  # noqa: BLE001
+                        skipped[unit] = f"{type(error).__name__}: {str(error)[:200]}"
+            for dataset in parts:
+                for image_path in dataset.image_paths:  # not iterating the dataset: that decodes every image
+                    # the image in the user's folder, not the chunk's link to it
+                    yield os.path.join(images, os.path.basename(image_path)), dataset.annotations[image_path], \
+                        dataset.classes
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _cvat_instances(xml_file: str, images: str, other: Counter, skipped: dict):
-    """CVAT for images 1.1 (supervision has no reader for it; see docs/own-data.md): boxes and polygons of each
-    <image>, as supervision Detections (polygons rasterized by supervision)."""
-    import supervision as sv
+def _cvat_root(xml_file: str):
+    """The parsed CVAT for images xml and the label names its <labels> state, in order."""
     from defusedxml import ElementTree
 
     try:
@@ -227,7 +227,14 @@ def _cvat_instances(xml_file: str, images: str, other: Counter, skipped: dict):
     if root.tag != "annotations":
         raise UsageError(f"{xml_file}: not a CVAT for images xml (root <{root.tag}>, expected <annotations>)")
     labels = [label.findtext("name") for label in root.iter("label") if label.findtext("name")]
-    names = list(dict.fromkeys(labels))
+    return root, list(dict.fromkeys(labels))
+
+
+def _cvat_instances(root, names: list[str], xml_file: str, images: str, other: Counter, skipped: dict):
+    """CVAT for images 1.1 (supervision has no reader for it; see docs/own-data.md): boxes and polygons of each
+    <image> of the parsed xml, as supervision Detections (polygons rasterized by supervision)."""
+    import supervision as sv
+
     for image in root.iter("image"):
         path = os.path.join(images, image.get("name", ""))
         try:
@@ -258,42 +265,28 @@ def _cvat_instances(xml_file: str, images: str, other: Counter, skipped: dict):
             xyxy=np.array(boxes, np.float32).reshape(-1, 4),
             class_id=np.array([local.index(n) for n in class_names], int),
             mask=np.stack(masks) if masks and masks[0] is not None else None)
-        yield path, detections, local, names
+        yield path, detections, local
 
 
-def read_instances(annotations: str, images: str, fmt: str | None = None, scratch: str | None = None,
-                   skipped: dict | None = None, other: Counter | None = None):
-    """(image path, Detections, class names by class id) of each image of a dataset in any FORMATS but coco's
-    own path, read by supervision; `images` is the image folder. Also returns through `skipped` / `other` what
-    was left out. Yields stated class lists first: the first item is (None, None, stated names or None)."""
+def read_instances(annotations: str, images: str, fmt: str | None = None, skipped: dict | None = None,
+                   other: Counter | None = None):
+    """(the class list the data states or None, a stream of (image path, Detections, class names by class id) of
+    each image) of a dataset in any FORMATS, read by supervision; `images` is the image folder. What is left out
+    goes to `skipped` (file: reason), shapes that are no instances to `other` (kind: count), as the stream runs."""
     fmt = fmt or detect_format(annotations)
     skipped = {} if skipped is None else skipped
     other = Counter() if other is None else other
-    own_scratch = scratch is None
-    scratch = scratch or tempfile.mkdtemp(prefix="eva02-formats-")
-    try:
-        if fmt == "cvat":
-            stated = None
-            for path, detections, local, names in _cvat_instances(annotations, images, other, skipped):
-                if stated is None:
-                    stated = names
-                    yield None, None, names or None
-                yield path, detections, local
-            if stated is None:
-                yield None, None, None
-        elif fmt == "coco":
-            import supervision as sv
+    if fmt == "cvat":
+        root, names = _cvat_root(annotations)
+        return names or None, _cvat_instances(root, names, annotations, images, other, skipped)
+    if fmt == "coco":
+        import supervision as sv
 
-            dataset = sv.DetectionDataset.from_coco(images, annotations)
-            yield None, None, list(dataset.classes)
-            for image_path in dataset.image_paths:
-                yield image_path, dataset.annotations[image_path], dataset.classes
-        else:
-            yield None, None, _yolo_names(find_yolo_classes(annotations)) if fmt == "yolo" else None
-            yield from _read_chunks(fmt, annotations, images, scratch, skipped)
-    finally:
-        if own_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        dataset = sv.DetectionDataset.from_coco(images, annotations)
+        stream = ((path, dataset.annotations[path], dataset.classes) for path in dataset.image_paths)
+        return list(dataset.classes), stream
+    names = _yolo_names(find_yolo_classes(annotations)) if fmt == "yolo" else None
+    return names, _read_chunks(fmt, annotations, images, skipped, names)
 
 
 def _rle(mask: np.ndarray) -> tuple[dict, float]:
@@ -330,8 +323,8 @@ def convert_to_coco(annotations: str, images: str, out_json: str, fmt: str | Non
         raise UsageError(f"{images}: no such image folder (images of {annotations})")
     conversion = Conversion(out_json, os.path.abspath(images), fmt, [])
     records, coco_images = [], []
-    stream = read_instances(annotations, images, fmt, skipped=conversion.skipped, other=conversion.other_shapes)
-    _, _, stated = next(stream)
+    stated, stream = read_instances(annotations, images, fmt, skipped=conversion.skipped,
+                                    other=conversion.other_shapes)
     for image_path, detections, names in stream:
         try:
             width, height = _image_size(image_path)

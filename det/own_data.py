@@ -44,6 +44,7 @@ from detectron2.data.datasets import load_coco_json
 
 from eva02.common.cli import UsageError
 
+from .checkpoint import stored_classes
 from .evaluation import COCOEvaluator
 
 __all__ = ["OWN_TRAIN", "OWN_VAL", "CocoJsonReport", "check_coco_json", "read_classes", "register_own_data",
@@ -205,17 +206,18 @@ class OwnFedLossClassWeights:
 
 
 def prepare_own_data(train: tuple[str, str] | None, val: tuple[str, str], out_dir: str, fmt: str | None = None,
-                     classes: list[str] | None = None) -> tuple[tuple[str, str] | None, tuple[str, str], list[str]]:
+                     checkpoint: str | None = None,
+                     weights_only: bool = True) -> tuple[tuple[str, str] | None, tuple[str, str], list[str]]:
     """The (COCO json, image folder) pairs for use_own_data from data in any format of eva02.common.formats: a
-    COCO json stays as it is; other formats are converted into OUT_DIR/own_data/{train,val}.json (the validation
-    set with the training set's class list, or `classes`: a checkpoint's, when evaluating it) on the main process
-    while the others wait. fmt: the format of both, None to detect each. Returns the two pairs and one line per
-    conversion for the log."""
+    COCO json stays as it is; other formats are converted into OUT_DIR/own_data/{train,val}.json on the main
+    process while the others wait. The validation set takes the training set's class list; without a training
+    set, the class list stored in `checkpoint` (the one evaluated), read only when a conversion needs it. fmt: the
+    format of both, None to detect each. Returns the two pairs and one line per conversion for the log."""
     from detectron2.utils import comm
 
     from eva02.common.formats import convert_to_coco, detect_format
 
-    pairs, notes = {}, []
+    pairs, notes, classes = {}, [], None
     for split, pair in (("train", train), ("val", val)):
         if pair is None:
             pairs[split] = None
@@ -226,6 +228,8 @@ def prepare_own_data(train: tuple[str, str] | None, val: tuple[str, str], out_di
             pairs[split] = (annotations, images)
             continue
         out = os.path.join(out_dir, "own_data", f"{split}.json")
+        if train is None and checkpoint:  # a checkpoint's classes order formats that state none (VOC, LabelMe)
+            classes = stored_classes(checkpoint, weights_only)
         if comm.is_main_process():
             conversion = convert_to_coco(annotations, images, out, kind, classes=classes, split=split)
             notes.append(f"own data: {split} set {conversion.summary()}")

@@ -71,8 +71,7 @@ def instances_to_layout(train: tuple[str, str], val: tuple[str, str], root: str,
     written = {"train": [], "val": []}
     for split, (source, images) in (("train", train), ("val", val)):
         skipped, other = {}, Counter()
-        stream = read_instances(str(source), str(images), fmt, skipped=skipped, other=other)
-        _, _, names = next(stream)
+        names, stream = read_instances(str(source), str(images), fmt, skipped=skipped, other=other)
         stated = stated or names
         for image_path, detections, local in tqdm(stream, desc=f"rasterizing {split} label maps", mininterval=5):
             if len(detections) and detections.mask is None:

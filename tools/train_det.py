@@ -44,7 +44,6 @@ from eva02.det.config import load_config  # noqa: E402
 from eva02.det.engine import run  # noqa: E402
 from eva02.common.formats import add_data_args  # noqa: E402
 from eva02.common.runlog import start_wandb  # noqa: E402
-from eva02.det.checkpoint import stored_classes  # noqa: E402
 from eva02.det.own_data import prepare_own_data, use_own_data  # noqa: E402
 
 
@@ -87,10 +86,8 @@ def config_from_args(args):
     if args.val_data:
         if not args.train_data and not args.eval_only:
             raise UsageError("--val-data without --train-data: only with --eval-only (training needs --train-data)")
-        # evaluating a checkpoint: its class list orders the classes of formats that state none (VOC, LabelMe)
-        stored = stored_classes(args.weights, not args.unsafe_pickle) if args.weights and not args.train_data else None
         train, val, notes = prepare_own_data(args.train_data, args.val_data, cfg.train.output_dir, args.data_format,
-                                             stored)
+                                             checkpoint=args.weights, weights_only=not args.unsafe_pickle)
         for note in notes:
             print(note)
         classes = use_own_data(cfg.model, cfg.dataloader, train, val)
