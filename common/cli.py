@@ -88,7 +88,8 @@ def world_size() -> int:
 
 def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     """Adds the named flags of the convention (module docstring) with their shared help and defaults:
-    "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides", "wandb".
+    "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides", "fsdp",
+    "wandb".
     --debug is always added."""
     specs = {
         "config": (("--config-file",), dict(required=True, metavar="PATH", help="the config file")),
@@ -104,6 +105,9 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         "unsafe_pickle": (("--unsafe-pickle",), dict(
             action="store_true", help="read checkpoints with weights_only=False (runs pickled code: trusted files only)")),
         "overrides": (("overrides",), dict(nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")),
+        "fsdp": (("--fsdp",), dict(action="store_true", help="with several processes: shard the model's weights, "
+                                   "gradients and optimizer state over them (PyTorch FSDP2, one unit per TrV block) "
+                                   "instead of DDP")),
         "wandb": (("--wandb",), dict(metavar="PROJECT", help="also send the run's TensorBoard events to this Weights "
                                      "& Biases project (pip install wandb; WANDB_MODE=offline works without network)")),
     }

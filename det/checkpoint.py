@@ -7,7 +7,9 @@
   - takes the weights from `ema_state` when `use_ema=True`;
   - loads a backbone-only checkpoint (MIM `module`, p14to16, timm, our TrV) into `model.backbone.net` through
     `eva02.backbone.load_checkpoint` (patch kernel and pos-embed resized);
-  - writes checkpoints and the `last_checkpoint` tag atomically (temporary file + rename);
+  - writes checkpoints and the `last_checkpoint` tag atomically (temporary file + rename); with several processes
+    each calls `save` (what it gathers: a model sharded by FSDP2 is written whole, so every tool reads it) and rank
+    0 writes;
   - refuses a load that leaves weights it needs at their initial values (IncompleteCheckpointError naming them),
     per `require`: "all" (evaluation and inference: every weight, no tensor of another shape), "backbone"
     (initial weights of a training run: the whole TrV; heads may start fresh, as from a MIM checkpoint or a
@@ -28,6 +30,7 @@ import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from eva02.backbone import is_adapter_key, load_checkpoint, read_state_dict
@@ -35,6 +38,7 @@ from eva02.backbone.checkpoint import (IncompleteCheckpointError, LoadReport, ch
                                        to_trv_names, unreadable_checkpoint, unwrap_model)
 from eva02.common.class_rows import ClassRows, relay_class_layers
 from eva02.common.files import atomic_write, save_atomic
+from eva02.common.sharding import full_model_state, is_sharded
 
 
 __all__ = ["EVACheckpointer", "REQUIRE", "convert_detector_state", "load_detector_weights", "stored_classes"]
@@ -161,14 +165,18 @@ class EVACheckpointer(DetectionCheckpointer):
 
     # ------------------------------------------------------------------ writing
     def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
+        if not self.save_dir or not (self.save_to_disk or comm.get_world_size() > 1):
             return
-        data = {"model": self.model.state_dict()}
+        # every process of a run calls save and takes part in gathering (the generators of each, and of a sharded
+        # model its whole weights, optimizer state and EMA); rank 0 writes
+        data = {"model": full_model_state(self.model) if is_sharded(self.model) else self.model.state_dict()}
         if self.classes is not None:
             data["classes"] = self.classes
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
+        if not self.save_to_disk:
+            return
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")

@@ -2,7 +2,8 @@
 
 The average covers every floating-point parameter and buffer, is updated after every optimizer step, and is
 saved in checkpoints under `ema_state` as a flat {name: tensor} dict with the model's own key names (the layout
-of the released O365-initialized detectors). Integer buffers are copied.
+of the released O365-initialized detectors). Integer buffers are copied. Of a sharded model (FSDP2) each process
+averages its own part, and checkpoints hold the whole average (eva02.common.sharding).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from eva02.backbone.checkpoint import unwrap_model
+from eva02.common.sharding import gathered, shard_like
 
 __all__ = ["ModelEMA"]
 
@@ -27,7 +29,8 @@ class ModelEMA:
         self.state: dict[str, torch.Tensor] = {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.state)
+        """The whole average (every process of a sharded model must call it: it gathers)."""
+        return gathered(self.state)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.state = {k: v.detach().clone() for k, v in state.items()}
@@ -39,6 +42,7 @@ class ModelEMA:
         if not self.state:
             self.state = {k: v.detach().clone() for k, v in current.items()}
             return
+        self._shard_like(current)
         for k, v in current.items():
             ema = self.state[k]
             if ema.device != v.device:
@@ -48,6 +52,10 @@ class ModelEMA:
             else:
                 ema.copy_(v)
 
+    def _shard_like(self, current: dict[str, torch.Tensor]) -> None:
+        """A whole average loaded from a checkpoint, cut as the (sharded) model's weights are."""
+        self.state = {k: shard_like(self.state[k], v) for k, v in current.items()}
+
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module):
         """Within the block the model holds the EMA weights; its own weights are restored afterwards."""
@@ -55,6 +63,7 @@ class ModelEMA:
             raise RuntimeError("the EMA holds no weights yet (no training step has run)")
         target = unwrap_model(model)
         backup = {k: v.detach().clone() for k, v in target.state_dict().items()}
+        self._shard_like(backup)
         target.load_state_dict(self.state)
         try:
             yield target

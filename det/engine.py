@@ -1,7 +1,7 @@
 """Training and evaluation of EVA-02 detectors from a LazyConfig (what `tools/train_det.py` runs).
 
 `run(cfg, eval_only, resume)` builds the model, loads weights (`train.init_checkpoint`, resume), trains with
-`EVATrainer` (AMP fp16 / bf16, EMA) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
+`EVATrainer` (AMP fp16 / bf16, EMA; DDP, or FSDP2 sharding with `train.parallel="fsdp"`) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
 evaluation, metric logging), evaluates with the config's evaluator (unreadable images skipped, named and
 counted), prints the AP table, writes `results.json`, draws predictions of the first `train.save_predictions`
 test images and, with `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and
@@ -22,7 +22,7 @@ from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import SimpleTrainer, create_ddp_model, hooks
-from detectron2.engine.train_loop import HookBase
+from detectron2.engine.train_loop import HookBase, TrainerBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
@@ -34,6 +34,7 @@ from eva02.common.files import atomic_write, remove_stale_temporaries
 from eva02.common.memory import peak_memory_mib
 from eva02.common.precision import autocast, autocast_dtype
 from eva02.common.runlog import draw_curves, tensorboard_command
+from eva02.common.sharding import OPTIMIZER_BY_NAME, full_optimizer_state, load_optimizer_state, shard, unsharded
 
 from .checkpoint import EVACheckpointer
 from .data import check_training_dataset, register_all
@@ -43,9 +44,14 @@ from .tta import build_tta
 from .unreadable import ReadableOnly, SkipUnreadable
 
 __all__ = ["EVATrainer", "EMAHook", "RunStatsHook", "ServerResultsWriter", "run", "do_train", "do_test",
-           "build_model", "instantiate_with", "resolve_device", "config_precision", "training_dtype"]
+           "build_model", "instantiate_with", "resolve_device", "config_precision", "training_dtype", "PARALLEL"]
 
 logger = logging.getLogger("eva02.det")
+
+# train.parallel: how several processes train. "ddp": each holds the whole model (DistributedDataParallel);
+# "fsdp": PyTorch FSDP2, one unit per TrV block and the rest of the detector as the root unit (parameters,
+# gradients and AdamW state sharded over the processes; eva02.common.sharding).
+PARALLEL = ("ddp", "fsdp")
 
 
 def resolve_device(cfg) -> str:
@@ -80,16 +86,23 @@ def training_dtype(cfg, device: str) -> torch.dtype | None:
 
 
 class EVATrainer(SimpleTrainer):
-    """SimpleTrainer with optional autocast (float16 with a grad scaler, or bfloat16) on any device."""
+    """SimpleTrainer with optional autocast (float16 with a grad scaler, or bfloat16) on any device. sharded: the
+    model is sharded by FSDP2; its state holds the whole optimizer state by parameter name (read back with or
+    without sharding), and float16 gets the scaler that agrees over the processes on overflow."""
 
     def __init__(self, model, data_loader, optimizer, precision: torch.dtype | None = None, device: str = "cpu",
-                 rng: RNGState | None = None):
+                 rng: RNGState | None = None, sharded: bool = False):
         super().__init__(model, data_loader, optimizer)
         self.rng = rng  # generator states restored from a checkpoint, torch's applied after the next fetch
         self.precision = precision
+        self.sharded = sharded
         self.device_type = torch.device(device).type
         use_scaler = precision == torch.float16 and self.device_type == "cuda"
-        self.grad_scaler = torch.amp.GradScaler(self.device_type) if use_scaler else None
+        if sharded:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler as scaler
+        else:
+            scaler = torch.amp.GradScaler
+        self.grad_scaler = scaler(self.device_type) if use_scaler else None
 
     def run_step(self):
         assert self.model.training, "[EVATrainer] model was changed to eval mode!"
@@ -116,12 +129,21 @@ class EVATrainer(SimpleTrainer):
 
     def state_dict(self):
         ret = super().state_dict()
+        if self.sharded:  # every process gathers; rank 0 writes
+            ret.update(optimizer=full_optimizer_state(self.model, self.optimizer), optimizer_layout=OPTIMIZER_BY_NAME)
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        if state_dict.get("optimizer_layout") == OPTIMIZER_BY_NAME:  # written by a sharded run
+            TrainerBase.load_state_dict(self, state_dict)
+            load_optimizer_state(self.model, self.optimizer, state_dict["optimizer"])
+        elif self.sharded:
+            raise ValueError("the checkpoint was written by a run without sharding: resume it with "
+                             "train.parallel='ddp' (without --fsdp)")
+        else:
+            super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
@@ -342,42 +364,71 @@ def _ddp(model, cfg, device: str):
     return create_ddp_model(model, **ddp)
 
 
+def parallel_mode(cfg) -> str:
+    """cfg.train.parallel (PARALLEL; "ddp" for configs without it), checked."""
+    parallel = cfg.train.get("parallel", "ddp")
+    if parallel not in PARALLEL:
+        raise ValueError(f"train.parallel={parallel!r}: use one of {', '.join(PARALLEL)}")
+    return parallel
+
+
 def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> dict:
     """Train per cfg (resume continues at the iteration after the last saved checkpoint); extra_hooks run
     after the standard ones. Returns the latest logged metrics."""
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
     train = cfg.dataloader.train
+    sharded = parallel_mode(cfg) == "fsdp" and comm.get_world_size() > 1
+    rng = RNGState()
+    ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
+    checkpointer = EVACheckpointer(model, cfg.train.output_dir, require=_require(cfg, "backbone"),
+                                   weights_only=cfg.train.get("init_weights_only", True),
+                                   classes=_dataset_classes(train.dataset.names),
+                                   **({"ema_state": ema} if ema is not None else {}))
+    if comm.is_main_process():
+        remove_stale_temporaries(cfg.train.output_dir)
+    # The weights load into the whole model, before it is wrapped or sharded; the trainer's state (iteration,
+    # optimizer, hooks) and the generators once the trainer and its data exist (building the sampler draws).
+    resuming = resume and checkpointer.has_checkpoint()
+    # only initial weights may come from a file's EMA; a resumed checkpoint restores model and EMA as saved
+    checkpointer.use_ema = bool(cfg.train.get("init_use_ema", False)) and not resuming
+    rest = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    checkpointer.use_ema = False
+    if sharded:
+        parallel_model = shard(model, model.backbone.net.blocks, torch.device(device))
+    else:
+        parallel_model = _ddp(model, cfg, device)
+    cfg.optimizer.params.model = model  # after sharding: the optimizer holds the sharded parameters
+    optimizer = instantiate(cfg.optimizer)
     dataset = check_training_dataset(instantiate(train.dataset), str(train.dataset.get("names", "")))
     sampler = ResumableSampler(instantiate(train.sampler) if train.get("sampler") is not None
                                else TrainingSampler(len(dataset)))
     train_loader = instantiate_with(train, dataset=dataset, sampler=sampler,
                                     mapper=SkipUnreadable(instantiate(train.mapper), drop=True))
-    ddp_model = _ddp(model, cfg, device)
-    rng = RNGState()
-    trainer = EVATrainer(ddp_model, train_loader, optimizer, precision=training_dtype(cfg, device), device=device, rng=rng)
-    ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
-    checkpointables = {"rng_state": rng, **({"ema_state": ema} if ema is not None else {})}
-    checkpointer = EVACheckpointer(model, cfg.train.output_dir, trainer=trainer, require=_require(cfg, "backbone"),
-                                   weights_only=cfg.train.get("init_weights_only", True),
-                                   classes=_dataset_classes(train.dataset.names), **checkpointables)
+    trainer = EVATrainer(parallel_model, train_loader, optimizer, precision=training_dtype(cfg, device),
+                         device=device, rng=rng, sharded=sharded)
+    checkpointer.add_checkpointable("trainer", trainer)
+    checkpointer.add_checkpointable("rng_state", rng)
 
     @rng_preserved()  # training continues as if no evaluation had run (and as a resumed run, which did not)
     def evaluate():
+        # a sharded model is evaluated whole: each process runs its own number of images
         if ema is None:
-            return do_test(cfg, model)
+            with unsharded(model):
+                return do_test(cfg, model)
         # As the official loop: the raw weights, then the EMA weights; the EMA numbers are the headline ones
         # and the raw ones are logged beside them under "raw/".
-        raw = do_test(cfg, model, weights="raw")
-        with ema.applied_to(model):
+        with unsharded(model):
+            raw = do_test(cfg, model, weights="raw")
+        with ema.applied_to(model), unsharded(model):
             return {**do_test(cfg, model, weights="EMA"), "raw": raw}
 
+    # every process takes part in gathering a checkpoint (EVACheckpointer.save); only rank 0 writes and prunes
+    checkpoint_settings = dict(cfg.train.checkpointer, **({} if comm.is_main_process() else {"max_to_keep": None}))
     trainer.register_hooks([
         hooks.IterationTimer(),
         RunStatsHook(train.total_batch_size, device),
         EMAHook(ema, model) if ema is not None else None,
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.PeriodicCheckpointer(checkpointer, **checkpoint_settings),
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter(
             [CommonMetricPrinter(cfg.train.max_iter),
@@ -390,15 +441,12 @@ def do_train(cfg, model, device: str, resume: bool = False, extra_hooks=()) -> d
         ) if comm.is_main_process() else None,
         *extra_hooks,
     ])
-    if comm.is_main_process():
-        remove_stale_temporaries(cfg.train.output_dir)
-    resuming = resume and checkpointer.has_checkpoint()
-    # only initial weights may come from a file's EMA; a resumed checkpoint restores model and EMA as saved
-    checkpointer.use_ema = bool(cfg.train.get("init_use_ema", False)) and not resuming
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    checkpointer.use_ema = False
-    start_iter = trainer.iter + 1 if resuming else 0
-    if start_iter:
+    start_iter = 0
+    if resuming:
+        for key in ("trainer", "rng_state"):  # after the hooks: their state (lr schedule) is in the trainer's
+            if key in rest:
+                checkpointer.checkpointables[key].load_state_dict(rest.pop(key))
+        start_iter = trainer.iter + 1
         # the data stream continues after the images already trained on (the generators came with the checkpoint)
         sampler.skip = start_iter * (train.total_batch_size // comm.get_world_size())
         logger.info(f"resuming from iteration {start_iter}")

@@ -8,8 +8,8 @@ trains on the first batches again, with other RPN / RoI samples and augmentation
   - `rng_preserved()` (eva02.common.rng) around evaluation in the middle of training: it leaves the generators
     as it found them, so a run with evaluation trains exactly as one without (and a resumed run, which did not
     evaluate, matches).
-With num_workers=0 a resumed single-process run equals the uninterrupted one to the last bit; with loader
-workers the samples continue where they stopped, while the workers' augmentation generators restart.
+With num_workers=0 a resumed run (one process, or several under DDP or FSDP2) equals the uninterrupted one to
+the last bit; with loader workers the samples continue where they stopped, while the workers' augmentation generators restart.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import itertools
 
 import torch
 import torch.utils.data as torchdata
+from detectron2.utils import comm
 
 from eva02.common.rng import capture_rng, restore_rng, rng_preserved
 
@@ -24,7 +25,8 @@ __all__ = ["RNGState", "ResumableSampler", "rng_preserved"]
 
 
 class RNGState:
-    """The generator states of this process as a checkpointable (state_dict / load_state_dict).
+    """The generator states of every process as a checkpointable (state_dict / load_state_dict): each process
+    draws its own augmentations and samples (detectron2 seeds them apart), so each gets its own states back.
 
     Loading restores numpy and Python's generators at once (the data augmentations of the next batch draw from
     them) and torch's at `apply_pending()`, which the trainer calls once the next batch is fetched: the first
@@ -35,9 +37,14 @@ class RNGState:
         self._pending: dict | None = None
 
     def state_dict(self) -> dict:
-        return capture_rng()
+        """{"ranks": [states of process 0, 1, ...]}; every process must call it (it gathers)."""
+        return {"ranks": comm.all_gather(capture_rng())}
 
     def load_state_dict(self, state: dict) -> None:
+        if "ranks" in state:  # (a single state: written before the processes' states were gathered)
+            ranks = state["ranks"]
+            # saved by as many processes: this one's; by another number, the data stream differs anyway
+            state = ranks[comm.get_rank()] if len(ranks) == comm.get_world_size() else ranks[0]
         restore_rng(state)
         self._pending = state
 

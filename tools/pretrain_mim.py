@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
     p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
     p.add_argument("--data", help="folder of training images (searched recursively)")
-    add_common_args(p, "output", "precision", "resume", "unsafe_pickle", "wandb")
+    add_common_args(p, "output", "precision", "resume", "unsafe_pickle", "fsdp", "wandb")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
     p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
@@ -74,8 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attn-impl", choices=("sdpa", "math", "xformers"), default="sdpa")
     p.add_argument("--use-checkpoint", action="store_true", help="activation checkpointing")
     p.add_argument("--compile-blocks", action="store_true", help="torch.compile every student block")
-    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the student's parameters, gradients "
-                   "and optimizer state over the processes (PyTorch FSDP2, one unit per block) instead of DDP")
     p.add_argument("--arch", nargs="*", default=[], metavar="KEY=INT",
                    help="TrV architecture overrides for a shrunk student, e.g. depth=4")
     p.add_argument("--export", action="store_true", help="after training, write the official p14 / p14to16 files")

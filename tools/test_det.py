@@ -31,7 +31,8 @@ def launch_main(argv=None) -> int:
     add_common_args(parser, "unsafe_pickle")
     add_evaluation_args(parser, weights_required=True)
     args = parser.parse_args(argv)
-    args.eval_only, args.precision, args.train_data, args.wandb = True, None, None, None  # train_det's other flags
+    # train_det's other flags
+    args.eval_only, args.precision, args.train_data, args.wandb, args.fsdp = True, None, None, None, False
     return launch_parsed(args)
 
 

@@ -10,7 +10,8 @@
 
 Flags (eva02.common.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
 --device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output folder),
---unsafe-pickle (train.init_weights_only=False), --allow-partial (train.init_allow_partial=True: load what fits;
+--unsafe-pickle (train.init_weights_only=False), --fsdp (train.parallel="fsdp": with several processes, shard
+the weights, gradients and AdamW state over them, PyTorch FSDP2; checkpoints hold the whole model as usual), --allow-partial (train.init_allow_partial=True: load what fits;
 by default --eval-only needs every weight in the file and training the whole backbone), --eval-only,
 --train-data ANNOTATIONS IMAGES / --val-data ANNOTATIONS IMAGES (your own data: a COCO json, or YOLO / Pascal VOC /
 LabelMe / CVAT annotations converted into OUTPUT/own_data, --data-format to name the format; eva02.det.own_data;
@@ -63,7 +64,7 @@ def add_evaluation_args(parser, weights_required: bool = False, training: bool =
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    add_common_args(parser, "precision", "unsafe_pickle", "wandb")
+    add_common_args(parser, "precision", "unsafe_pickle", "fsdp", "wandb")
     add_evaluation_args(parser, training=True)
     return parser.parse_args(argv)
 
@@ -76,6 +77,8 @@ def config_from_args(args):
         cfg.train.amp.enabled = args.precision != "fp32"
         if cfg.train.amp.enabled:
             cfg.train.amp.precision = args.precision
+    if args.fsdp:
+        cfg.train.parallel = "fsdp"
     if args.unsafe_pickle:
         cfg.train.init_weights_only = False
     if args.allow_partial:

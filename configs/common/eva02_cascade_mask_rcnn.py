@@ -86,6 +86,9 @@ train.update(
     # False: training needs the whole backbone from init_checkpoint, evaluation every weight; True loads what fits
     init_allow_partial=False,
     max_iter=60000,
+    # several processes: "ddp" (official), or "fsdp" to shard the detector's weights, gradients and AdamW state
+    # over them (PyTorch FSDP2, one unit per TrV block; eva02.det.engine.PARALLEL; tools/train_det.py --fsdp)
+    parallel="ddp",
     amp=dict(enabled=True, precision="fp16"),  # Tables 27-33: fp16 ("fp16" | "bf16", eva02.common.precision)
     # With EMA, evaluation during training scores both the raw and the EMA weights (official); use_for_eval
     # picks the EMA weights for --eval-only (official `use_ema_weights_for_eval_only`).

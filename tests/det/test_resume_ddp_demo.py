@@ -88,21 +88,33 @@ def one_process_weights(tmp_path_factory):
     return torch.load(tmp / "out/model_final.pth", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "num-gpus"])
+@pytest.mark.parametrize("launcher", ["torchrun", "num-gpus", "torchrun --fsdp"])
 def test_ddp_equals_one_process(tmp_path, torchrun, one_process_weights, launcher):
-    """2 gloo processes with one image each (under torchrun, or detectron2's own --num-gpus 2 launch) = 1 process
-    with both (global batch 2): every weight after 3 steps (each rank takes every 2nd index of one shuffled stream
-    of the 4 images)."""
+    """2 gloo processes with one image each (under torchrun, or detectron2's own --num-gpus 2 launch; DDP, or FSDP2
+    sharding weights, gradients and AdamW state) = 1 process with both (global batch 2): every weight after 3 steps
+    (each rank takes every 2nd index of one shuffled stream of the 4 images). The sharded run's checkpoint holds
+    the whole detector, as any other; it also runs the EMA and evaluates 3 images on the 2 processes (2 + 1
+    forward passes, which a sharded forward could not do: each gathers with every process), neither of which
+    changes the weights trained, and tools/test_det.py evaluates its checkpoint."""
     args = ["--config-file", DEMO, f"dataloader.setup.root={tmp_path / 'data'}", f"train.output_dir={tmp_path}",
             *DDP_EQUALITY]
-    if launcher == "torchrun":
-        torchrun("train_det.py", *args, nproc=2)
+    sharded = launcher.endswith("--fsdp")
+    if sharded:
+        args += ["dataloader.setup.num_val=3", "train.model_ema.enabled=True", "train.eval_period=2"]
+    if launcher.startswith("torchrun"):
+        torchrun("train_det.py", *launcher.split()[1:], *args, nproc=2)
     else:
         _train_det(["--num-gpus", "2", "--dist-url", "auto", *args], timeout=600, threads_per_process=1)
     # 1% of an Adam step (lr 3e-4): summation-order noise measured 1.2e-7; one rank's own gradient or other images
     # move weights by a good part of lr
-    weights = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
-    torch.testing.assert_close(weights, one_process_weights, rtol=0, atol=3e-6)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    torch.testing.assert_close(saved["model"], one_process_weights, rtol=0, atol=3e-6)
+    if sharded:
+        assert saved["ema_state"].keys() == saved["model"].keys() and saved["trainer"]["optimizer_layout"] == "by_name"
+        assert all(saved["ema_state"][k].shape == v.shape for k, v in saved["model"].items())
+        out = run_tool(ROOT / "tools/test_det.py", "--weights", tmp_path / "model_final.pth",
+                       "--output", tmp_path / "eval", *args[:3], *DDP_EQUALITY, "dataloader.setup.num_val=3")
+        assert out.returncode == 0 and "copypaste: Task: bbox" in out.stdout + out.stderr, out.stderr[-3000:]
 
 
 def test_demo_short_run(tmp_path):
