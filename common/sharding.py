@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["shard", "is_sharded", "full_states", "full_model_state", "full_optimizer_state", "load_full_states",
-           "load_optimizer_state", "shard_like", "gathered", "unsharded", "OPTIMIZER_BY_NAME"]
+           "load_optimizer_state", "by_name", "shard_like", "gathered", "unsharded", "OPTIMIZER_BY_NAME"]
 
 OPTIMIZER_BY_NAME = "by_name"  # checkpoint["optimizer_layout"] of a state keyed by parameter name
 
@@ -84,6 +84,17 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
         for key, value in saved.items():
             group.setdefault(key, value)
     set_optimizer_state_dict(model, optimizer, state, options=_options())
+
+
+def by_name(optimizer_state: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
+    """A positional optimizer state (torch's Optimizer.state_dict, as a run without sharding saves it) keyed by
+    parameter name, the layout load_optimizer_state takes. `optimizer` lists the parameters of `model` (sharded or
+    not) in the order of the optimizer that saved the state: the same config builds the same groups."""
+    names = {p: name for name, p in model.named_parameters()}
+    order = [names[p] for group in optimizer.param_groups for p in group["params"]]
+    return {"state": {order[i]: values for i, values in optimizer_state["state"].items()},
+            "param_groups": [{**group, "params": [order[i] for i in group["params"]]}
+                             for group in optimizer_state["param_groups"]]}
 
 
 def load_full_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,

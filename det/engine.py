@@ -1,11 +1,11 @@
 """Training and evaluation of EVA-02 detectors from a LazyConfig (what `tools/train_det.py` runs).
 
 `run(cfg, eval_only, resume)` builds the model, loads weights (`train.init_checkpoint`, resume), trains with
-`EVATrainer` (AMP fp16 / bf16, EMA; DDP, or FSDP2 sharding with `train.parallel="fsdp"`) under detectron2's hooks (lr schedule, atomic periodic checkpoints,
-evaluation, metric logging), evaluates with the config's evaluator (unreadable images skipped, named and
-counted), prints the AP table, writes `results.json`, draws predictions of the first `train.save_predictions`
-test images and, with `train.results_dir`, writes the COCO results json + zip (COCO test-dev). Works on CPU and
-under DDP.
+`EVATrainer` (AMP fp16 / bf16, EMA; DDP, or FSDP2 sharding with `train.parallel="fsdp"`) under detectron2's hooks
+(lr schedule, atomic periodic checkpoints, evaluation, metric logging), evaluates with the config's evaluator
+(unreadable images skipped, named and counted), prints the AP table, writes `results.json`, draws predictions of
+the first `train.save_predictions` test images and, with `train.results_dir`, writes the COCO results json + zip
+(COCO test-dev). Works on CPU, under DDP and sharded by FSDP2.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from eva02.common.files import atomic_write, remove_stale_temporaries
 from eva02.common.memory import peak_memory_mib
 from eva02.common.precision import autocast, autocast_dtype
 from eva02.common.runlog import draw_curves, tensorboard_command
-from eva02.common.sharding import OPTIMIZER_BY_NAME, full_optimizer_state, load_optimizer_state, shard, unsharded
+from eva02.common.sharding import (OPTIMIZER_BY_NAME, by_name, full_optimizer_state, load_optimizer_state, shard,
+                                   unsharded)
 
 from .checkpoint import EVACheckpointer
 from .data import check_training_dataset, register_all
@@ -87,8 +88,8 @@ def training_dtype(cfg, device: str) -> torch.dtype | None:
 
 class EVATrainer(SimpleTrainer):
     """SimpleTrainer with optional autocast (float16 with a grad scaler, or bfloat16) on any device. sharded: the
-    model is sharded by FSDP2; its state holds the whole optimizer state by parameter name (read back with or
-    without sharding), and float16 gets the scaler that agrees over the processes on overflow."""
+    model is sharded by FSDP2; its state holds the whole optimizer state by parameter name, and float16 gets the
+    scaler that agrees over the processes on overflow. Either layout of the optimizer state resumes either way."""
 
     def __init__(self, model, data_loader, optimizer, precision: torch.dtype | None = None, device: str = "cpu",
                  rng: RNGState | None = None, sharded: bool = False):
@@ -136,14 +137,15 @@ class EVATrainer(SimpleTrainer):
         return ret
 
     def load_state_dict(self, state_dict):
-        if state_dict.get("optimizer_layout") == OPTIMIZER_BY_NAME:  # written by a sharded run
-            TrainerBase.load_state_dict(self, state_dict)
-            load_optimizer_state(self.model, self.optimizer, state_dict["optimizer"])
-        elif self.sharded:
-            raise ValueError("the checkpoint was written by a run without sharding: resume it with "
-                             "train.parallel='ddp' (without --fsdp)")
-        else:
+        by_position = state_dict.get("optimizer_layout") != OPTIMIZER_BY_NAME  # not written by a sharded run
+        if by_position and not self.sharded:
             super().load_state_dict(state_dict)
+        else:
+            TrainerBase.load_state_dict(self, state_dict)
+            optimizer = state_dict["optimizer"]
+            if by_position:
+                optimizer = by_name(optimizer, self.optimizer, self.model)
+            load_optimizer_state(self.model, self.optimizer, optimizer)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 

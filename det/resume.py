@@ -8,8 +8,9 @@ trains on the first batches again, with other RPN / RoI samples and augmentation
   - `rng_preserved()` (eva02.common.rng) around evaluation in the middle of training: it leaves the generators
     as it found them, so a run with evaluation trains exactly as one without (and a resumed run, which did not
     evaluate, matches).
-With num_workers=0 a resumed run (one process, or several under DDP or FSDP2) equals the uninterrupted one to
-the last bit; with loader workers the samples continue where they stopped, while the workers' augmentation generators restart.
+With num_workers=0 a resumed run (one process, or several under DDP or FSDP2) equals the uninterrupted one to the
+last bit; with loader workers the samples continue where they stopped, while the workers' augmentation generators
+restart.
 """
 from __future__ import annotations
 

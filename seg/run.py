@@ -1,5 +1,5 @@
 """What tools/train_seg.py and tools/test_seg.py share: the config as the command line sets it (overrides, work
-dir, AMP, launcher from torchrun, DDP on the CPU). Conventions: eva02.common.cli."""
+dir, AMP, launcher from torchrun, DDP on the CPU or FSDP2 sharding). Conventions: eva02.common.cli."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +19,7 @@ from eva02.common.precision import torch_name
 from .optim import config_precision, fp32_without_gpu
 from .own_data import use_own_data
 from .own_formats import seg_data_root
+from .sharding import PARALLEL, GatheringRunner, ShardingHook
 
 __all__ = ["read_config", "load_config", "work_dir_of", "apply_precision", "init_cpu_process_group", "check_overrides",
            "build_runner"]
@@ -95,15 +96,21 @@ def load_config(config_file: str, output: str | None, overrides: list[str], data
                 train: tuple[str, str] | None = None, val: tuple[str, str] | None = None,
                 fmt: str | None = None) -> Config:
     """read_config, for a run: work_dir = work_dir_of (output, default work_dirs/CONFIG_NAME), and the launcher
-    "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel."""
+    "pytorch" under torchrun; on a CPU-only machine DDP uses gloo and CPUDistributedDataParallel; the config's
+    `parallel = "fsdp"` shards the model instead (eva02.seg.sharding)."""
     cfg = read_config(config_file, overrides, data, output, train, val, fmt)
     cfg.work_dir = work_dir_of(cfg, config_file, output)
     cfg.launcher = "pytorch" if world_size() > 1 else "none"
     os.environ.setdefault("LOCAL_RANK", "0")
+    parallel = cfg.get("parallel", "ddp")
+    if parallel not in PARALLEL:
+        raise UsageError(f"parallel={parallel!r}: use one of {', '.join(PARALLEL)}")
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
         cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"  # nccl needs GPUs
         cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False,
                                      find_unused_parameters=cfg.get("find_unused_parameters", False))
+    if cfg.launcher == "pytorch" and parallel == "fsdp":
+        cfg.model_wrapper_cfg = dict(type="ShardedSegmentor")  # sharded by ShardingHook (eva02.seg.sharding)
     return cfg
 
 
@@ -138,11 +145,14 @@ class _KnownMMEngineNotices(logging.Filter):
 
 
 def build_runner(cfg: Config, debug: bool = False) -> Runner:
-    """mmengine's Runner for the config; its log leaves out mmengine's known notices unless --debug (the warnings
-    half of eva02.common.cli.quiet_third_party_warnings, for records of the runner's own logger)."""
-    runner = Runner.from_cfg(cfg)
+    """mmengine's Runner for the config (GatheringRunner for a sharded one), with ShardingHook; its log leaves out
+    mmengine's known notices unless --debug (the warnings half of eva02.common.cli.quiet_third_party_warnings, for
+    records of the runner's own logger)."""
+    runner = (GatheringRunner if cfg.get("parallel") == "fsdp" else Runner).from_cfg(cfg)
     if not debug:
         runner.logger.addFilter(_KnownMMEngineNotices())
+    # shards a "fsdp" run; in every run, resumes a sharded run's checkpoint (optimizer state by parameter name)
+    runner.register_hook(ShardingHook())
     return runner
 
 

@@ -9,16 +9,16 @@
         dataloader.test.dataset.names=coco_2017_test-dev train.results_dir=out/testdev
 
 Flags (eva02.common.cli's convention): --output DIR (train.output_dir), --weights PATH (train.init_checkpoint),
---device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output folder),
---unsafe-pickle (train.init_weights_only=False), --fsdp (train.parallel="fsdp": with several processes, shard
-the weights, gradients and AdamW state over them, PyTorch FSDP2; checkpoints hold the whole model as usual), --allow-partial (train.init_allow_partial=True: load what fits;
-by default --eval-only needs every weight in the file and training the whole backbone), --eval-only,
---train-data ANNOTATIONS IMAGES / --val-data ANNOTATIONS IMAGES (your own data: a COCO json, or YOLO / Pascal VOC /
-LabelMe / CVAT annotations converted into OUTPUT/own_data, --data-format to name the format; eva02.det.own_data;
-heads of a checkpoint trained for other classes are re-laid, and the log says how), --wandb PROJECT (mirror the
-run's TensorBoard events to Weights & Biases), --tta (dataloader.tta.enabled: multi-scale +
-flip test-time augmentation, eva02.det.tta), then
-KEY=VALUE LazyConfig overrides (a key the config does not have is an error naming the closest one).
+--device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output
+folder), --unsafe-pickle (train.init_weights_only=False), --fsdp (train.parallel="fsdp": with several processes,
+shard the weights, gradients and AdamW state over them, PyTorch FSDP2; checkpoints hold the whole model as usual),
+--allow-partial (train.init_allow_partial=True: load what fits; by default --eval-only needs every weight in the
+file and training the whole backbone), --eval-only, --train-data ANNOTATIONS IMAGES / --val-data ANNOTATIONS IMAGES
+(your own data: a COCO json, or YOLO / Pascal VOC / LabelMe / CVAT annotations converted into OUTPUT/own_data,
+--data-format to name the format; eva02.det.own_data; heads of a checkpoint trained for other classes are re-laid,
+and the log says how), --wandb PROJECT (mirror the run's TensorBoard events to Weights & Biases), --tta
+(dataloader.tta.enabled: multi-scale + flip test-time augmentation, eva02.det.tta), then KEY=VALUE LazyConfig
+overrides (a key the config does not have is an error naming the closest one).
 Exit status 1 when --eval-only left unreadable images out (they are named in the log and in results.json).
 Multi-process: `torchrun --nproc_per_node N tools/train_det.py ...`, or detectron2's own --num-gpus N
 (--num-machines, --machine-rank, --dist-url); gloo on the CPU. Runs on the CPU when no GPU exists.

@@ -5,10 +5,13 @@
         [--weights CHECKPOINT]
         [--allow-partial] [--resume] [--precision fp32|fp16|bf16] [--unsafe-pickle] [KEY=VALUE ...]
     torchrun --nproc_per_node N tools/train_seg.py --config-file CONFIG ...      # DDP (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node N tools/train_seg.py --fsdp --config-file CONFIG ...   # sharded (PyTorch FSDP2)
 
 --output: where logs and checkpoints go (default work_dirs/CONFIG_NAME). --resume continues from the latest
 checkpoint there (model, optimizer, scheduler, iteration). --precision overrides the config's; the paper
 configs train in fp16 AMP on a GPU, and a CPU-only machine trains them in fp32 and says so.
+--fsdp (config `parallel = "fsdp"`): shard the weights, gradients and AdamW state over the processes, one unit per
+TrV block (eva02.seg.sharding); checkpoints hold the whole model, read by every tool, and resume with or without it.
 --data DIR: train and validate on your own data in mmseg's custom layout (DIR/classes.txt, DIR/img_dir/{train,val},
 DIR/ann_dir/{train,val}; eva02.seg.own_data), or in a Pascal VOC segmentation folder, the heads sized for its
 classes. --train-data ANNOTATIONS IMAGES --val-data ANNOTATIONS IMAGES: instance annotations instead (a COCO json,
@@ -39,7 +42,7 @@ from eva02.seg.run import apply_precision, build_runner, init_cpu_process_group,
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an EVA-02 segmentor (mmseg)")
-    add_common_args(p, "config", "precision", "resume", "unsafe_pickle", "overrides", "wandb")
+    add_common_args(p, "config", "precision", "resume", "unsafe_pickle", "overrides", "fsdp", "wandb")
     p.add_argument("--output", metavar="DIR", help="work dir: logs and checkpoints (default: work_dirs/CONFIG_NAME)")
     p.add_argument("--data", metavar="DIR", help="your own data: DIR/classes.txt, img_dir/{train,val}, ann_dir/..., "
                    "or a Pascal VOC segmentation folder")
@@ -53,7 +56,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.output, args.overrides, args.data, args.train_data, args.val_data,
+    overrides = [*args.overrides, *(["parallel=fsdp"] if args.fsdp else [])]
+    cfg = load_config(args.config_file, args.output, overrides, args.data, args.train_data, args.val_data,
                       args.data_format)
     print(f"train_seg: precision {apply_precision(cfg, args.precision)}")
     cfg.resume = args.resume

@@ -5,6 +5,7 @@ it, one process, num_workers=0)."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,22 +103,41 @@ def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path,
             assert torch.equal(final[part][key], value), f"{where}: {part} {key} differs"
 
 
+def _sharded(tmp_path, out, *prefix, resume=False) -> subprocess.CompletedProcess:
+    """tools/train_det.py --fsdp under torchrun, 2 processes (after `prefix`: tests/faults.py and its arguments)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *prefix,
+           str(ROOT / "tools/train_det.py"), "--fsdp", *(["--resume"] if resume else []), *_command(tmp_path, out)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow  # a 2-process run
+def test_a_checkpoint_of_a_run_without_sharding_resumes_sharded(uninterrupted, tmp_path):
+    """The one-process run's iteration-3 checkpoint (optimizer state by position), resumed by 2 processes under
+    --fsdp: AdamW's state carries over (every parameter ends at step 6, not 2 after a fresh start)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(uninterrupted / "model_0000003.pth", out)
+    (out / "last_checkpoint").write_text("model_0000003.pth")
+    resumed = _sharded(tmp_path, out, resume=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    state = torch.load(out / "model_final.pth", weights_only=True)["trainer"]["optimizer"]["state"]
+    assert {float(values["step"]) for values in state.values()} == {MAX_ITER}
+
+
 @pytest.mark.slow  # three 2-process runs
 def test_killed_sharded_run_resumes_to_the_uninterrupted_result(tmp_path):
     """2 gloo processes under FSDP2 (--fsdp), both killed once iteration 2 is logged (after the iteration-1
     checkpoint: the whole model, EMA and optimizer state by name, gathered from the shards), resumed: the same loss
     and lr at every iteration, and bit-equal weights and EMA, as the sharded run that was not interrupted."""
     def torchrun(out, *prefix, resume=False):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *prefix,
-               str(ROOT / "tools/train_det.py"), "--fsdp", *(["--resume"] if resume else []),
-               *_command(tmp_path, out)]
-        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return _sharded(tmp_path, out, *prefix, resume=resume)
 
     straight, out = tmp_path / "straight", tmp_path / "out"
     assert torchrun(straight).returncode == 0
     killed = torchrun(out, str(ROOT / "tests/faults.py"), "step", "2", "2", str(out / "metrics.json"), "iteration")
-    assert killed.returncode != 0 and (out / "last_checkpoint").read_text() == "model_0000001.pth", killed.stderr[-3000:]
+    saved = (out / "last_checkpoint").read_text()
+    assert killed.returncode != 0 and saved == "model_0000001.pth", killed.stderr[-3000:]
     resumed = torchrun(out, resume=True)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0 and "Starting training from iteration 2\n" in log, log[-3000:]

@@ -1,6 +1,10 @@
 """Training runs end to end: resume after an interruption, 2-process DDP on the CPU (gloo) through
 tools/train_det.py, and the demo config (short here; the full run is tests/test_demo.py, slow)."""
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +132,24 @@ def test_demo_short_run(tmp_path):
     results = json.loads((tmp_path / "out/results.json").read_text())
     assert {"bbox", "segm"} <= results.keys()
     assert len(list((tmp_path / "out/predictions").glob("*.png"))) == 2
+
+
+@pytest.mark.slow  # two 2-process runs' worth
+def test_two_machine_command_equals_one_process(tmp_path, one_process_weights):
+    """The multi-machine command of docs/sharding.md (torchrun --nnodes 2 --node-rank R, c10d rendezvous), as two
+    "machines" of one process each on this one, sharded with --fsdp: the weights of one process with both images."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["--fsdp", "--config-file", DEMO, f"dataloader.setup.root={tmp_path / 'data'}",
+            f"train.output_dir={tmp_path}", *DDP_EQUALITY]
+    machines = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc_per_node",
+         "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", str(ROOT / "tools/train_det.py"),
+         *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for rank in (0, 1)]
+    for machine in machines:
+        log, _ = machine.communicate(timeout=600)
+        assert machine.returncode == 0, log[-3000:]
+    weights = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    torch.testing.assert_close(weights, one_process_weights, rtol=0, atol=3e-6)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,32 +37,47 @@ def test_resume_continues_at_the_saved_iteration(repo, tmp_path, run_tool, tiny_
     assert steps == {4}  # AdamW state carried over: 2 steps before the interruption + 2 after
 
 
-def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config):
-    """torchrun, 2 gloo processes with one image each = 1 process with both (global batch 2): every weight after 3
-    iterations (mmengine's InfiniteSampler: each rank takes every 2nd index of one shuffled stream of 8 images).
-    The crop is the whole 64 px image (no random augmentation), and cross-entropy averages over every pixel of
-    equal-sized images, so the mean of the per-rank means is the batch mean."""
-    config = tmp_path / "ddp_seg.py"
-    # GroupNorm instead of the demo's BN: BN over 1 image per rank is not BN over 2 (SyncBN has no CPU kernel, and
-    # BN on UperNet's 1x1 pooled branch needs 2 values per channel). No dropout. Constant lr 1.5e-3 (no warmup),
-    # so every step counts; AdamW eps 1e-6 (not 1e-8): lr g / (|g| + eps) amplifies the summation-order noise of
-    # gradients near 1e-9 (measured 4e-6 at eps 1e-8).
-    config.write_text(f"""_base_ = ["{tiny_config(tmp_path, max_iters=3)}"]
+def _one_image_per_process_config(folder, base) -> Path:
+    """`base` for runs of one image per process that equal one process with all of them. GroupNorm instead of the
+    demo's BN: BN over 1 image per rank is not BN over 2 (SyncBN has no CPU kernel, and BN on UperNet's 1x1 pooled
+    branch needs 2 values per channel). No dropout. Constant lr 1.5e-3 (no warmup), so every step counts; AdamW eps
+    1e-6 (not 1e-8): lr g / (|g| + eps) amplifies the summation-order noise of gradients near 1e-9 (measured 4e-6
+    at eps 1e-8)."""
+    config = Path(folder) / "one_image_per_process.py"
+    config.write_text(f"""_base_ = ["{base}"]
 norm_cfg = dict(type="GN", num_groups=4, requires_grad=True)
 model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg, dropout_ratio=0.0),
              auxiliary_head=dict(norm_cfg=norm_cfg, dropout_ratio=0.0))
 optim_wrapper = dict(optimizer=dict(eps=1e-6))
 param_scheduler = []
 """)
+    return config
+
+
+def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config, run_tool):
+    """torchrun, 2 gloo processes with one image each = 1 process with both (global batch 2): every weight after 3
+    iterations (mmengine's InfiniteSampler: each rank takes every 2nd index of one shuffled stream of 8 images),
+    under DDP and under FSDP2 (--fsdp: weights, gradients and AdamW state sharded; it also validates after
+    iteration 2, on the unsharded weights, which changes nothing). The crop is the whole 64 px image (no random
+    augmentation), and cross-entropy averages over every pixel of equal-sized images, so the mean of the per-rank
+    means is the batch mean. The sharded run's checkpoint holds the whole model: tools/test_seg.py evaluates it."""
+    config = _one_image_per_process_config(tmp_path, tiny_config(tmp_path, max_iters=3))
     weights = {}
-    for nproc in (1, 2):
-        work = tmp_path / f"work{nproc}"
-        torchrun("train_seg.py", "--config-file", config, "--output", work, f"train_dataloader.batch_size={2 // nproc}",
-                 nproc=nproc, env={"SHAPES_ROOT": str(tmp_path / "data")})
-        weights[nproc] = last_iter_checkpoint(work)["state_dict"]
+    for nproc, how in ((1, ()), (2, ()), (2, ("--fsdp", "train_cfg.val_interval=2"))):
+        work = tmp_path / f"work{nproc}{''.join(how[:1])}"
+        torchrun("train_seg.py", *how[:1], "--config-file", config, "--output", work,
+                 f"train_dataloader.batch_size={2 // nproc}", *how[1:], nproc=nproc,
+                 env={"SHAPES_ROOT": str(tmp_path / "data")})
+        weights[nproc, bool(how)] = last_iter_checkpoint(work)
     # 1% of an AdamW step: summation-order noise measured 8e-7; other images or a rank's own gradient move
     # weights by a good part of lr
-    torch.testing.assert_close(weights[2], weights[1], rtol=0, atol=1.5e-5)
+    for run in ((2, False), (2, True)):
+        torch.testing.assert_close(weights[run]["state_dict"], weights[1, False]["state_dict"], rtol=0, atol=1.5e-5)
+    assert weights[2, True]["optimizer_layout"] == "by_name"
+    sharded = Path(work, "last_checkpoint").read_text().strip()
+    proc = run_tool("test_seg.py", "--config-file", config, "--weights", sharded, "--output", tmp_path / "eval",
+                    env={"SHAPES_ROOT": str(tmp_path / "data")})
+    assert "mIoU" in proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +212,41 @@ def test_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_result(re
         assert torch.equal(final["state_dict"][key], value), key
     for index, state in reference["optimizer"]["state"].items():
         assert all(torch.equal(final["optimizer"]["state"][index][k], v) for k, v in state.items()), index
+
+
+@pytest.mark.slow  # four 2-process runs
+def test_killed_sharded_run_resumes_to_the_uninterrupted_result(repo, tmp_path, tiny_config):
+    """2 gloo processes under FSDP2 (--fsdp), both killed once iteration 3 is logged (after the iteration-2
+    checkpoint: the whole model and the optimizer state by parameter name, gathered from the shards) and resumed:
+    the loss and lr of every iteration and the final weights and optimizer state are the uninterrupted sharded
+    run's, to the bit. The same checkpoint resumed under DDP (no sharding) ends within summation-order noise."""
+    env = {**os.environ, "SHAPES_ROOT": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    config = _one_image_per_process_config(tmp_path, tiny_config(tmp_path, max_iters=4))
+
+    def torchrun(out, *prefix, flags=("--fsdp",)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *prefix,
+               str(repo / "tools/train_seg.py"), *flags, "--config-file", str(config), "--output", str(out),
+               "train_dataloader.batch_size=1"]
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+    straight, killed, under_ddp = tmp_path / "straight", tmp_path / "killed", tmp_path / "under_ddp"
+    assert torchrun(straight).returncode == 0
+    proc = torchrun(killed, str(repo / "tests/faults.py"), "step", "3", "3", f"{killed}/*/vis_data/scalars.json",
+                    "iter")
+    assert proc.returncode != 0 and Path(killed, "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    shutil.copytree(killed, under_ddp)
+    Path(under_ddp, "last_checkpoint").write_text(str(under_ddp / "iter_2.pth"))
+    for out, flags in ((killed, ("--fsdp", "--resume")), (under_ddp, ("--resume",))):
+        proc = torchrun(out, flags=flags)
+        assert proc.returncode == 0 and "resumed epoch: 0, iter: 2" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    logged = {out: _per_iteration(out.glob("*/vis_data/scalars.json")) for out in (killed, straight)}
+    assert logged[killed] == logged[straight]
+    final, reference = last_iter_checkpoint(killed), last_iter_checkpoint(straight)
+    assert final["optimizer_layout"] == "by_name" and final["meta"]["iter"] == 4
+    torch.testing.assert_close(final["state_dict"], reference["state_dict"], rtol=0, atol=0)
+    torch.testing.assert_close(final["optimizer"]["state"], reference["optimizer"]["state"], rtol=0, atol=0)
+    torch.testing.assert_close(last_iter_checkpoint(under_ddp)["state_dict"], reference["state_dict"], rtol=0,
+                               atol=1.5e-5)
 
 
 @pytest.mark.parametrize("case", ["backbone-only --weights", "truncated load_from"])
