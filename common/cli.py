@@ -89,7 +89,7 @@ def world_size() -> int:
 def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
     """Adds the named flags of the convention (module docstring) with their shared help and defaults:
     "config", "weights", "input", "output", "device", "precision", "resume", "unsafe_pickle", "overrides", "fsdp",
-    "wandb".
+    "frozen_stages", "lora_rank", "wandb".
     --debug is always added."""
     specs = {
         "config": (("--config-file",), dict(required=True, metavar="PATH", help="the config file")),
@@ -108,6 +108,11 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         "fsdp": (("--fsdp",), dict(action="store_true", help="with several processes: shard the model's weights, "
                                    "gradients and optimizer state over them (PyTorch FSDP2, one unit per TrV block) "
                                    "instead of DDP")),
+        "frozen_stages": (("--frozen-stages",), dict(
+            type=_frozen_stages, metavar="N|all", help="do not train the encoder's patch embedding and first N blocks "
+            "(0: the embeddings only; all: the whole encoder, the heads train; eva02.backbone.tuning)")),
+        "lora_rank": (("--lora-rank",), dict(type=_positive_int, metavar="R", help="train LoRA adapters of rank R "
+                                             "(alpha 16) on the encoder's projections instead of its weights")),
         "wandb": (("--wandb",), dict(metavar="PROJECT", help="also send the run's TensorBoard events to this Weights "
                                      "& Biases project (pip install wandb; WANDB_MODE=offline works without network)")),
     }
@@ -118,6 +123,18 @@ def add_common_args(parser: argparse.ArgumentParser, *flags: str) -> None:
         names, kwargs = specs[flag]
         parser.add_argument(*names, **kwargs)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _frozen_stages(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of blocks (-1, 0, 1, ...) or all") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{value}: -1 (nothing frozen), 0 (the embeddings), N blocks, or all")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -12,7 +12,9 @@ TEACHER and the targets it gives (official: the CLIP-projected patch features he
     the paper's teacher, read by timm's own converter. Other timm models give their patch tokens (no head).
   - a checkpoint file of a TrV / EVA02-CLIP-style tower (SwiGLU; any layout eva02.backbone reads): its tokens
     through the `norm` and `head` the file holds. EVA-CLIP towers with a GELU MLP go through timm (above).
-Targets are not re-normalized (the cosine loss ignores their length). Hyper-parameters default to
+Targets are not re-normalized (the cosine loss ignores their length). --init PATH continues pre-training from a
+MIM checkpoint (official, or --export's _p14.pt), and then --frozen-stages N|all / --lora-rank R train less of the
+encoder (eva02.backbone.tuning; the exports fold LoRA adapters into plain weights). Hyper-parameters default to
 the paper's Table 22 recipe of --model (see eva02.backbone.mim.RECIPES). --resume continues from
 DIR/checkpoint.pt (flags follow eva02.common.cli's convention). Writes DIR/log.jsonl (one line per step), TensorBoard
 events in DIR (loss, lr, grad norm, throughput, memory; the first crops with their masked patches), DIR/curves.png
@@ -55,7 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-weights", help="local weights file of a timm teacher")
     p.add_argument("--teacher-heads", type=int, help="attention heads of a TrV teacher (default: head_dim 64)")
     p.add_argument("--data", help="folder of training images (searched recursively)")
-    add_common_args(p, "output", "precision", "resume", "unsafe_pickle", "fsdp", "wandb")
+    add_common_args(p, "output", "precision", "resume", "unsafe_pickle", "fsdp", "frozen_stages", "lora_rank", "wandb")
+    p.add_argument("--init", metavar="PATH", help="continue pre-training from these weights: a MIM checkpoint of the "
+                   "same model and teacher width (official, or --export's _p14.pt); needed by --frozen-stages / "
+                   "--lora-rank")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (the cosine ends here)")
     p.add_argument("--batch-size", type=int, default=32, help="images per process and micro-step")
@@ -153,7 +158,9 @@ def main(argv=None) -> int:
         precision=args.precision, num_workers=args.workers, seed=args.seed,
         save_every=args.save_every, resume=args.resume, weights_only=not args.unsafe_pickle, attn_impl=args.attn_impl,
         use_checkpoint=args.use_checkpoint, compile_blocks=args.compile_blocks, arch=args.arch,
-        parallel="fsdp" if args.fsdp else "ddp",
+        parallel="fsdp" if args.fsdp else "ddp", init=args.init,
+        frozen_stages=-1 if args.frozen_stages is None else args.frozen_stages,
+        lora=dict(rank=args.lora_rank) if args.lora_rank else None,
     )
     bar = writer = None
     clock = {"last": 0.0, "batch": 0}

@@ -33,6 +33,7 @@ def launch_main(argv=None) -> int:
     args = parser.parse_args(argv)
     # train_det's other flags
     args.eval_only, args.precision, args.train_data, args.wandb, args.fsdp = True, None, None, None, False
+    args.frozen_stages = args.lora_rank = None
     return launch_parsed(args)
 
 

@@ -12,6 +12,7 @@ Flags (eva02.common.cli's convention): --output DIR (train.output_dir), --weight
 --device, --precision fp32|fp16|bf16 (train.amp), --resume (continue at the last saved iteration of the output
 folder), --unsafe-pickle (train.init_weights_only=False), --fsdp (train.parallel="fsdp": with several processes,
 shard the weights, gradients and AdamW state over them, PyTorch FSDP2; checkpoints hold the whole model as usual),
+--frozen-stages N|all (model.backbone.net.frozen_stages), --lora-rank R (model.backbone.net.lora=dict(rank=R)),
 --allow-partial (train.init_allow_partial=True: load what fits; by default --eval-only needs every weight in the
 file and training the whole backbone), --eval-only, --train-data ANNOTATIONS IMAGES / --val-data ANNOTATIONS IMAGES
 (your own data: a COCO json, or YOLO / Pascal VOC / LabelMe / CVAT annotations converted into OUTPUT/own_data,
@@ -64,7 +65,7 @@ def add_evaluation_args(parser, weights_required: bool = False, training: bool =
 
 def parse_args(argv=None):
     parser = default_argument_parser(__doc__)
-    add_common_args(parser, "precision", "unsafe_pickle", "fsdp", "wandb")
+    add_common_args(parser, "precision", "unsafe_pickle", "fsdp", "frozen_stages", "lora_rank", "wandb")
     add_evaluation_args(parser, training=True)
     return parser.parse_args(argv)
 
@@ -79,6 +80,10 @@ def config_from_args(args):
             cfg.train.amp.precision = args.precision
     if args.fsdp:
         cfg.train.parallel = "fsdp"
+    if args.frozen_stages is not None:
+        cfg.model.backbone.net.frozen_stages = args.frozen_stages
+    if args.lora_rank:
+        cfg.model.backbone.net.lora = dict(rank=args.lora_rank)
     if args.unsafe_pickle:
         cfg.train.init_weights_only = False
     if args.allow_partial:

@@ -12,6 +12,8 @@ checkpoint there (model, optimizer, scheduler, iteration). --precision overrides
 configs train in fp16 AMP on a GPU, and a CPU-only machine trains them in fp32 and says so.
 --fsdp (config `parallel = "fsdp"`): shard the weights, gradients and AdamW state over the processes, one unit per
 TrV block (eva02.seg.sharding); checkpoints hold the whole model, read by every tool, and resume with or without it.
+--frozen-stages N|all (model.backbone.frozen_stages) and --lora-rank R (model.backbone.lora.rank): train less of the
+encoder (eva02.backbone.tuning).
 --data DIR: train and validate on your own data in mmseg's custom layout (DIR/classes.txt, DIR/img_dir/{train,val},
 DIR/ann_dir/{train,val}; eva02.seg.own_data), or in a Pascal VOC segmentation folder, the heads sized for its
 classes. --train-data ANNOTATIONS IMAGES --val-data ANNOTATIONS IMAGES: instance annotations instead (a COCO json,
@@ -42,7 +44,8 @@ from eva02.seg.run import apply_precision, build_runner, init_cpu_process_group,
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train an EVA-02 segmentor (mmseg)")
-    add_common_args(p, "config", "precision", "resume", "unsafe_pickle", "overrides", "fsdp", "wandb")
+    add_common_args(p, "config", "precision", "resume", "unsafe_pickle", "overrides", "fsdp", "frozen_stages",
+                    "lora_rank", "wandb")
     p.add_argument("--output", metavar="DIR", help="work dir: logs and checkpoints (default: work_dirs/CONFIG_NAME)")
     p.add_argument("--data", metavar="DIR", help="your own data: DIR/classes.txt, img_dir/{train,val}, ann_dir/..., "
                    "or a Pascal VOC segmentation folder")
@@ -56,7 +59,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = [*args.overrides, *(["parallel=fsdp"] if args.fsdp else [])]
+    overrides = [*args.overrides, *(["parallel=fsdp"] if args.fsdp else []),
+                 *([f"model.backbone.frozen_stages={args.frozen_stages}"] if args.frozen_stages is not None else []),
+                 *([f"model.backbone.lora.rank={args.lora_rank}"] if args.lora_rank else [])]
     cfg = load_config(args.config_file, args.output, overrides, args.data, args.train_data, args.val_data,
                       args.data_format)
     print(f"train_seg: precision {apply_precision(cfg, args.precision)}")

@@ -13,6 +13,7 @@ from ..checkpoint import (LoadReport, load_checkpoint, official_p14_to_p16, read
                           resize_pos_embed, to_official)
 from ..rope import rope_table
 from ..trv import TrV, create_trv
+from ..tuning import is_adapter_key, merge_lora
 
 __all__ = ["MIMStudent", "create_mim_student", "mim_loss", "export_official"]
 
@@ -50,7 +51,7 @@ class MIMStudent(nn.Module):
         encoder, `norm` and `lm_head`; a weight left unloaded or a backbone key that fits nowhere is an error."""
         flat, source = read_weights(checkpoint, weights_only)
         report = load_checkpoint(self.encoder, flat, source=source)
-        missing = list(report.missing)
+        missing = [k for k in report.missing if not is_adapter_key(k)]  # LoRA adapters start fresh
         for name in ("norm", "lm_head"):
             module = getattr(self, name)
             part = {k: flat[f"{name}.{k}"] for k in module.state_dict() if f"{name}.{k}" in flat}
@@ -134,7 +135,7 @@ def _student_from_training_checkpoint(path: str) -> MIMStudent:
     cfg = ckpt["config"]
     student = create_mim_student(cfg["model"], ckpt["student"]["lm_head.weight"].shape[0],
                                  img_size=cfg["input_size"], **cfg.get("arch", {}))
-    student.load_state_dict(ckpt["student"])
+    student.load_state_dict(merge_lora(ckpt["student"]))  # a LoRA run's adapters folded into plain weights
     return student
 
 

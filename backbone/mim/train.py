@@ -66,6 +66,11 @@ class PretrainConfig:
     use_checkpoint: bool = False
     compile_blocks: bool = False  # torch.compile every student block (see TrV)
     arch: dict = field(default_factory=dict)  # TrV architecture overrides (tests: a shrunk student)
+    # continued pre-training: the student starts from these weights (a MIM checkpoint of the same model and teacher
+    # width: an official release or --export's _p14.pt), and may train less of its encoder (eva02.backbone.tuning)
+    init: str | None = None
+    frozen_stages: int | str = -1
+    lora: dict | None = None
     # under torchrun: "ddp" (every process holds the whole student) or "fsdp" (FSDP2, one unit per block:
     # parameters, gradients and AdamW state sharded over the processes; eva02.common.sharding)
     parallel: str = "ddp"
@@ -110,6 +115,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
         raise ValueError("fp16 under FSDP needs a sharded loss scaler, which this loop does not have: use bf16 "
                          "(--precision bf16) or fp32")
     grad_clip = recipe.grad_clip if cfg.grad_clip is None else cfg.grad_clip
+    if (cfg.frozen_stages != -1 or cfg.lora) and not cfg.init:
+        raise ValueError("frozen_stages / lora train part of a pre-trained student: give the weights it starts from "
+                         "(init, --init); frozen random weights would stay random")
 
     dataset = MIMImageFolder(cfg.data, cfg.input_size, 14, recipe.crop_scale, cfg.mask_ratio, seed=cfg.seed)
     micro_per_step = cfg.batch_size * cfg.accum_steps
@@ -134,8 +142,15 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     student = create_mim_student(
         cfg.model, probe.shape[-1], img_size=cfg.input_size, attn_impl=cfg.attn_impl,
         use_checkpoint=cfg.use_checkpoint, compile_blocks=cfg.compile_blocks,
-        drop_path_rate=recipe.drop_path if cfg.drop_path is None else cfg.drop_path, **cfg.arch,
-    ).to(device)
+        drop_path_rate=recipe.drop_path if cfg.drop_path is None else cfg.drop_path,
+        frozen_stages=cfg.frozen_stages, lora=cfg.lora, **cfg.arch,
+    )
+    ckpt_path = os.path.join(cfg.output, CHECKPOINT_NAME)
+    resuming = cfg.resume and os.path.isfile(ckpt_path)
+    if cfg.init and not resuming:  # (a resumed run has its own weights)
+        student.load_official(cfg.init, cfg.weights_only)
+        log.info("student initialized from %s", cfg.init)
+    student.to(device)
     if sharded:
         shard(student, student.encoder.blocks, device)
     groups = param_groups(student.named_parameters(), base_lr,
@@ -144,10 +159,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[dict], None] | None = None,
     optimizer = torch.optim.AdamW(groups, lr=base_lr, betas=recipe.betas, eps=recipe.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
-    ckpt_path = os.path.join(cfg.output, CHECKPOINT_NAME)
     log_path = os.path.join(cfg.output, LOG_NAME)
     step, history = 0, []
-    if cfg.resume and os.path.isfile(ckpt_path):
+    if resuming:
         ckpt = read_training_checkpoint(ckpt_path)
         if ckpt["config"]["model"] != cfg.model:
             raise ValueError(f"{ckpt_path} is a {ckpt['config']['model']} run, not {cfg.model}; use another --output")

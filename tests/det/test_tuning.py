@@ -18,7 +18,7 @@ CONFIG = ROOT / "configs/demo/eva02_Ti_det.py"
 TINY = ["model.backbone.net.depth=2", "model.backbone.net.embed_dim=64", "model.backbone.net.num_heads=2",
         "model.backbone.net.mlp_hidden=170", "model.backbone.net.global_blocks=[1]",
         "model.proposal_generator.post_nms_topk=[100,10]"]
-LORA = "model.backbone.net.lora={rank:4,alpha:8}"  # hydra's override syntax
+LORA = "model.backbone.net.lora={rank:4,alpha:16}"  # hydra's override syntax; what --lora-rank 4 sets
 TRAIN = [*TINY, "train.max_iter=2", "optimizer.lr=1e-3", "lr_multiplier.warmup_length=0.0",
          "train.checkpointer.period=1000", "train.save_predictions=0", "dataloader.train.total_batch_size=2",
          "dataloader.train.num_workers=0", "train.eval_period=0"]
@@ -38,17 +38,17 @@ def start(tmp_path_factory):
     return tmp, init, data, paths
 
 
-def train(start, name, *overrides):
+def train(start, name, *overrides, flags=()):
     tmp, init, data, _ = start
     out = tmp / name
     proc = run_tool(ROOT / "tools/train_det.py", "--config-file", CONFIG, "--weights", init, "--output", out, *data,
-                    *TRAIN, *overrides)
+                    *flags, *TRAIN, *overrides)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return torch.load(init)["model"], torch.load(out / "model_final.pth")["model"], out
 
 
 def test_frozen_weights_are_bit_identical_after_training(start):
-    before, after, _ = train(start, "frozen", "model.backbone.net.frozen_stages=1")
+    before, after, _ = train(start, "frozen", flags=["--frozen-stages", "1"])  # model.backbone.net.frozen_stages=1
     frozen = [k for k in before if k.startswith(("backbone.net.patch_embed", "backbone.net.pos_embed",
                                                  "backbone.net.blocks.0."))]
     trained = [k for k in before if k.startswith("backbone.net.blocks.1.") and k.endswith("weight")]
@@ -62,7 +62,7 @@ def test_frozen_weights_are_bit_identical_after_training(start):
 
 def test_lora_trains_adapters_only_and_merges_into_a_plain_detector(start):
     tmp, _, data, paths = start
-    before, after, out = train(start, "lora", LORA)
+    before, after, out = train(start, "lora", flags=["--lora-rank", "4"])
     adapters = [k for k in after if ".lora_" in k]
     assert len(adapters) == 2 * 5 * 3  # a, b and the scale of 5 projections in each of 2 blocks
     for key in before:

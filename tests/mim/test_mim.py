@@ -242,6 +242,45 @@ def test_export_loads_through_the_det_and_seg_builders(trained):
     assert torch.equal(enc.blocks[11].mlp.w1.weight, student_w)
 
 
+def test_continued_pretraining_with_frozen_stages(trained, tmp_path, image_folder, teacher_ckpt):
+    """From the trained run's export (--init), 3 steps with the embeddings and block 0 frozen: those weights end
+    bit-identical to the export's, block 1 and the head train. Freezing without starting weights is refused."""
+    p14, _ = export_official(trained[1]["checkpoint"], tmp_path, "init")
+    start = create_mim_student("eva02_Ti", 64, img_size=112)
+    start.load_official(p14)
+    result = pretrain(config(tmp_path, image_folder, teacher_ckpt, init=str(p14), frozen_stages=1, max_steps=3))
+    before, after = start.state_dict(), read_state_dict(result["checkpoint"])["student"]
+    frozen = [k for k in before if k.startswith(("encoder.patch_embed", "encoder.pos_embed", "encoder.cls_token",
+                                                 "encoder.blocks.0."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["encoder.blocks.1.attn.qkv.weight"], after["encoder.blocks.1.attn.qkv.weight"])
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+    with pytest.raises(ValueError, match="give the weights it starts from"):
+        pretrain(config(tmp_path, image_folder, teacher_ckpt, name="no_init", frozen_stages=1, max_steps=1))
+
+
+def test_continued_pretraining_with_lora_exports_merged_weights(trained, tmp_path, image_folder, teacher_ckpt):
+    """tools/pretrain_mim.py --init EXPORT --lora-rank 4 --export: the base encoder stays the export's, the
+    adapters train, and the new export holds the adapters folded in (W + s B A), loadable by a plain student."""
+    p14, _ = export_official(trained[1]["checkpoint"], tmp_path, "init")
+    out = tmp_path / "lora"
+    run_tool(os.path.join(REPO, "tools", "pretrain_mim.py"), "--init", p14, "--lora-rank", "4", "--export",
+             "--model", "eva02_Ti", "--teacher", teacher_ckpt, "--data", image_folder, "--output", out,
+             "--input-size", "112", "--batch-size", "8", "--workers", "0", "--lr", "1e-3", "--max-steps", "3",
+             cwd=REPO, timeout=600, check=True)
+    start = create_mim_student("eva02_Ti", 64, img_size=112)
+    start.load_official(p14)
+    after = read_state_dict(out / "checkpoint.pt")["student"]
+    base = {k: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
+    assert all(torch.equal(v, after[k]) for k, v in base.items())  # LoRALinear keeps the plain weight names
+    assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in after.items())
+    exported = create_mim_student("eva02_Ti", 64, img_size=112)
+    exported.load_official(out / "eva02_Ti_mim_p14.pt")
+    qkv = "encoder.blocks.3.attn.qkv"
+    merged = after[qkv + ".weight"] + after[qkv + ".lora_scale"] * after[qkv + ".lora_b"] @ after[qkv + ".lora_a"]
+    torch.testing.assert_close(exported.state_dict()[qkv + ".weight"], merged, rtol=0, atol=1e-6)
+
+
 # ---------------------------------------------------------------- resume after a SIGKILL (tools/pretrain_mim.py)
 RESUMED_RUN = dict(max_steps=6, save_every=2, arch=SMALL)  # checkpoints at steps 2, 4 and 6
 

@@ -18,7 +18,7 @@ def train(run_tool, tiny_config, tmp: Path, *overrides) -> tuple[dict, dict]:
 
 
 def test_frozen_weights_are_bit_identical_after_training(run_tool, tiny_config, tmp_path):
-    first, second = train(run_tool, tiny_config, tmp_path, "model.backbone.frozen_stages=1")
+    first, second = train(run_tool, tiny_config, tmp_path, "--frozen-stages", "1")  # model.backbone.frozen_stages=1
     frozen = [k for k in first if k.startswith(("backbone.patch_embed", "backbone.pos_embed", "backbone.cls_token",
                                                 "backbone.blocks.0."))]
     trained = [k for k in first if k.startswith(("backbone.blocks.1.", "decode_head.")) and k.endswith("weight")
