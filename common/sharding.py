@@ -135,11 +135,12 @@ def unsharded(model: nn.Module) -> Iterator[nn.Module]:
 
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
-        unit.set_reshard_after_forward(False)
+        unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
     try:
         yield model
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            # the root keeps its weights from forward to backward in training too (FSDP2's setting for a root)
+            unit.set_reshard_after_forward(unit is not model, recurse=False)
