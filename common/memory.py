@@ -36,15 +36,15 @@ from typing import Callable, Iterator
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .upstream import patched
 
-__all__ = ["MemoryTrace", "MemoryEstimate", "estimate_memory", "fake_module", "largest_fitting", "measure_peak",
-           "peak_memory_mib", "fits", "gib", "TARGETS", "ATTENTION_KERNELS", "attention_kernel", "SMALL_NUMEL",
-           "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
+__all__ = ["MemoryTrace", "MemoryEstimate", "estimate_memory", "fake_module", "fake_process_group", "largest_fitting",
+           "measure_peak", "peak_memory_mib", "fits", "gib", "TARGETS", "ATTENTION_KERNELS", "attention_kernel",
+           "SMALL_NUMEL", "CUDA_OVERHEAD_BYTES", "FRAGMENTATION"]
 
 TARGETS = ("cuda", "cpu")
 # The kernel `scaled_dot_product_attention` uses on the target; "auto" is what a GPU picks by default.
@@ -98,6 +98,17 @@ def _storage_key(t: torch.Tensor) -> int:
     return StorageWeakRef(t.untyped_storage()).cdata
 
 
+def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The tensors holding t's memory: t, or those a wrapper subclass wraps (a DTensor, as FSDP2's parameters are:
+    its local tensor; the operators on it run below the trace, which sees the DTensors they return)."""
+    if not is_traceable_wrapper_subclass(t):
+        yield t
+        return
+    for inner in (getattr(t, name) for name in t.__tensor_flatten__()[0]):
+        if isinstance(inner, torch.Tensor):  # (a DTensor also flattens to its device mesh)
+            yield from _plain_tensors(inner)
+
+
 class MemoryTrace(TorchDispatchMode):
     """Counts the bytes of live storages under a FakeTensorMode (enter the fake mode first, then this trace).
 
@@ -128,8 +139,11 @@ class MemoryTrace(TorchDispatchMode):
 
     def track(self, t: torch.Tensor) -> None:
         """Count `t`'s storage (once, however many views share it) until it is freed."""
-        storage = t.untyped_storage()
-        key = _storage_key(t)
+        for plain in _plain_tensors(t):
+            self._count(plain.untyped_storage())
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key = StorageWeakRef(storage).cdata
         size = self._block(storage.nbytes())
         if key in self._sizes:
             if self._sizes[key] != size:  # resized in place
@@ -152,6 +166,21 @@ class MemoryTrace(TorchDispatchMode):
         self._stale.discard(key)
 
     @contextlib.contextmanager
+    def counting_resizes(self) -> Iterator[None]:
+        """Within the block a storage resized in place (`UntypedStorage.resize_`, no operator) is counted at its new
+        size: FSDP2 frees a unit's gathered parameters by resizing their storages to 0 and re-allocates them so."""
+        resize = torch.UntypedStorage.resize_
+
+        def counted(storage, nbytes):
+            out = resize(storage, nbytes)
+            if storage.device.type == "meta":  # a fake tensor's (the small values kept for real are on the CPU)
+                self._count(storage)
+            return out
+
+        with patched("storage_resize", counted):
+            yield
+
+    @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Record the peak reached inside the block as `phase_peaks[name]` (over all the block's entries)."""
         self._phases.append(name)
@@ -163,6 +192,8 @@ class MemoryTrace(TorchDispatchMode):
 
     # ---------------------------------------------------------------- values of small tensors
     def _value(self, t: torch.Tensor):
+        if is_traceable_wrapper_subclass(t):
+            return None  # a DTensor of fake local tensors
         if not isinstance(t, torch._subclasses.FakeTensor):
             return t  # a real tensor (e.g. made from a Python list) is its own value
         if _storage_key(t) in self._stale:
@@ -255,7 +286,7 @@ class MemoryTrace(TorchDispatchMode):
         if func._schema.is_mutable:
             for t in self._written(func, args):
                 if real is _NOT_FOUND or self._value(t) is None:
-                    self._stale.add(_storage_key(t))
+                    self._stale.update(_storage_key(plain) for plain in _plain_tensors(t))
         if real is not _NOT_FOUND:
             for fake, value in zip(tree_flatten(out)[0], tree_flatten(real)[0]):
                 if isinstance(fake, torch._subclasses.FakeTensor) and isinstance(value, torch.Tensor):
@@ -342,15 +373,35 @@ def fits(estimate: MemoryEstimate, gpu_bytes: int) -> bool:
     return estimate.needed() <= gpu_bytes
 
 
+@contextlib.contextmanager
+def fake_process_group(world: int) -> Iterator[None]:
+    """torch.distributed initialized as rank 0 of `world` processes whose collectives move no data (PyTorch's
+    "fake" backend), so that a step sharding its model runs FSDP2's own code alone; `world` 1: nothing."""
+    if world == 1:
+        yield
+        return
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("memory planning of a sharded step makes its own process group: none may exist yet")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.nn.Module, Callable], None],
                     target: str = "cuda", attention: str = "auto", ddp: bool = False,
-                    device: str = "cpu") -> MemoryEstimate:
+                    device: str = "cpu", world: int = 1) -> MemoryEstimate:
     """Peak memory of `run(model, phase)` for the model `build()` returns (built for real, on the CPU, then
     made fake). `run` makes its inputs itself (under the fake mode, so they are fake and counted) and may mark
     phases with `with phase(name):`. ddp: count DDP's gradient buckets (training on several GPUs).
     device: where the fake model lives. "cuda" makes device-dependent code take its GPU path, and needs no GPU
     for a forward pass; autograd's backward on CUDA tensors does, so training is traced on "cpu" (the
-    target's allocator rounding and attention kernel still apply)."""
+    target's allocator rounding and attention kernel still apply). world > 1: `run` is traced as rank 0 of
+    that many processes (fake_process_group), e.g. sharding its model (eva02.common.sharding.shard)."""
     model = build()
     buckets = sum(p.untyped_storage().nbytes() for p in model.parameters() if p.requires_grad) if ddp else 0
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -360,7 +411,7 @@ def estimate_memory(build: Callable[[], torch.nn.Module], run: Callable[[torch.n
     kernel = attention_kernel(trace.attention) if target == "cuda" else contextlib.nullcontext()
     # torch._shape_as_tensor writes the sizes into a tensor's memory, which a fake tensor has not got
     shape = patched("shape_as_tensor", lambda t: torch.tensor(list(t.shape)))
-    with fake_mode, trace, kernel, shape:
+    with fake_process_group(world), fake_mode, trace, trace.counting_resizes(), kernel, shape:
         run(model, trace.phase)
     del model
     return MemoryEstimate(peak=trace.peak, resident=trace.now, phases=dict(trace.phase_peaks),
@@ -378,21 +429,27 @@ def peak_memory_mib(device: str | torch.device = "cpu") -> float:
 
 
 def measure_peak(build: Callable[[], torch.nn.Module], run: Callable[[torch.nn.Module, Callable], None],
-                 device: str = "cpu") -> int:
+                 device: str = "cpu", with_build: bool = False) -> int:
     """Measured peak bytes of the same `run(model, phase)` on real tensors, the reference for estimate_memory:
     on the CPU from the profiler's memory timeline (every allocation and free of PyTorch's CPU allocator),
-    on a GPU from torch.cuda.max_memory_allocated."""
-    model = build().to(device)
-    resident = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()))
+    on a GPU from torch.cuda.max_memory_allocated. with_build (CPU): the timeline starts before `build()`, for a
+    run that frees weights the build made (sharding does): the profiler records no free of a block allocated
+    before it started."""
     no_phase = lambda name: contextlib.nullcontext()  # noqa: E731
     if device != "cpu":
+        model = build().to(device)
         torch.cuda.reset_peak_memory_stats(device)
         with torch.device(device):
             run(model, no_phase)
         return torch.cuda.max_memory_allocated(device)
     from torch.profiler import ProfilerActivity, profile
 
+    if not with_build:
+        model = build()
+        resident = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers()))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        if with_build:
+            model, resident = build(), 0
         run(model, no_phase)
     # the allocator's records: +bytes at an allocation, -bytes at a free
     records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]

@@ -35,6 +35,10 @@ UPSTREAM = {
     "shape_as_tensor": UpstreamFunction(
         "torch:_shape_as_tensor", "torch 2.13.0", "1d6d78697866a442",
         "a tensor built from the shape: the original writes sizes into memory a fake tensor has not got"),
+    "storage_resize": UpstreamFunction(
+        "torch:UntypedStorage.resize_", "torch 2.13.0", "ae6641383245f6e6",
+        "the original, then the trace counts the storage's new size: FSDP2 frees and re-allocates the gathered "
+        "parameters of a unit by resizing their storages, which no operator dispatch shows"),
     "batch_norm": UpstreamFunction(
         "torch.nn.functional:batch_norm", "torch 2.13.0", "93fe25afd4268873",
         "running statistics for a one-value-per-channel input (UperNet's pooled map of one image)"),

@@ -31,6 +31,7 @@ from detectron2.utils.events import EventStorage
 
 from eva02.common.memory import MemoryEstimate, estimate_memory
 from eva02.common.precision import autocast_dtype
+from eva02.common.sharding import shard
 from eva02.common.upstream import patched
 
 from .config import set_input_size
@@ -115,23 +116,27 @@ def _stand_ins(model, polygons: bool, detections: int | None):
 
 def plan_detector(cfg, batch: int, size: int, train: bool = True, precision: str | None = None,
                   checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, target: str = "cuda",
-                  attention: str = "auto", gpus: int = 1, detections: int | None = None) -> MemoryEstimate:
+                  attention: str = "auto", gpus: int = 1, detections: int | None = None,
+                  sharded: bool = False) -> MemoryEstimate:
     """Peak memory of one GPU's training step (train=True) or inference (train=False: fp32 and no grad, as
     evaluation runs) for `batch` images of size x size. precision ("fp32" | "fp16" | "bf16") / checkpointing:
-    None keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP.
+    None keeps the config's setting (train.amp, the backbone's use_checkpoint). gpus > 1: training under DDP, or
+    sharded by FSDP2 over the gpus (sharded; rank 0's step, as train.parallel="fsdp" runs it).
     detections: per image at inference (default: the last box predictor's test_topk_per_image). target "cpu"
     counts as the CPU allocator does."""
-    build, run = detector_step(cfg, batch, size, train, precision, checkpointing, objects, detections)
+    sharded = sharded and train and gpus > 1
+    build, run = detector_step(cfg, batch, size, train, precision, checkpointing, objects, detections,
+                               sharded=sharded)
     # inference on a fake GPU: detectron2 pastes masks in GPU-sized chunks there (one by one on a CPU)
-    return estimate_memory(build, run, target=target, attention=attention,
-                           ddp=train and gpus > 1, device="cuda" if target == "cuda" and not train else "cpu")
+    return estimate_memory(build, run, target=target, attention=attention, ddp=train and gpus > 1 and not sharded,
+                           device="cuda" if target == "cuda" and not train else "cpu", world=gpus if sharded else 1)
 
 
 def detector_step(cfg, batch: int, size: int, train: bool = True, precision: str | None = None,
                   checkpointing: bool | None = None, objects: int = DEFAULT_OBJECTS, detections: int | None = None,
-                  steps: int = 2):
+                  steps: int = 2, sharded: bool = False):
     """(build, run) of plan_detector's step, for estimate_memory or, on real tensors,
-    measure_peak."""
+    measure_peak. sharded: the training step shards the detector first (FSDP2 over the process group)."""
     cfg = _planning_config(cfg, size, checkpointing)
     polygons = cfg.dataloader.train.mapper.get("instance_mask_format", "polygon") == "polygon"
     dtype = autocast_dtype(precision or config_precision(cfg)) if train else None
@@ -143,7 +148,7 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, precision: str
     def run(model, phase):
         with _stand_ins(model, polygons, detections):
             if train:
-                _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps)
+                _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps, sharded)
             else:
                 with phase("inference"), torch.no_grad():
                     model([{"image": torch.zeros(3, size, size, dtype=torch.uint8), "height": size, "width": size}
@@ -152,16 +157,21 @@ def detector_step(cfg, batch: int, size: int, train: bool = True, precision: str
     return build, run
 
 
-def _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps):
+def _train_steps(model, cfg, phase, batch, size, objects, polygons, dtype, steps, sharded):
     """`steps` training steps as EVATrainer runs them, autocast included, on the model's device: the CPU in the
     trace (no grad scaler there; it scales one scalar and unscales in place), the GPU in measure_peak. Phases:
     "forward" (the model's call), "first step" (the optimizer state is created in it) and "training step" (the
-    last, steady-state step)."""
+    last, steady-state step). sharded: as do_train shards, before the optimizer is made."""
+    device = next(model.parameters()).device
+    if sharded:
+        shard(model, model.backbone.net.blocks, device)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     data = training_images(batch, size, objects, polygons, model.roi_heads.num_classes)
-    device = next(model.parameters()).device.type
-    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=dtype, device=device)
+    trainer = EVATrainer(model, iter(lambda: data, None), optimizer, precision=dtype, device=device.type,
+                         sharded=sharded)
+    if sharded:  # logging pickles the losses (host-side scalars) to rank 0, which a fake process group cannot
+        trainer._write_metrics = lambda *args, **kwargs: None
     ema = ModelEMA(cfg.train.model_ema.decay) if cfg.train.model_ema.enabled else None
     forward = contextlib.ExitStack()
     hooks = [model.register_forward_pre_hook(lambda *_: forward.enter_context(phase("forward"))),

@@ -19,6 +19,7 @@ import copy
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
 from mmengine.optim import build_optim_wrapper
 from mmengine.structures import PixelData
 from mmseg.apis import init_model
@@ -26,6 +27,7 @@ from mmseg.structures import SegDataSample
 
 from eva02.common.memory import MemoryEstimate, estimate_memory
 from eva02.common.precision import autocast, autocast_dtype
+from eva02.common.sharding import shard
 from eva02.common.upstream import patched
 
 from .optim import config_precision
@@ -81,9 +83,11 @@ def _batch(batch: int, size: int, classes: int, num_classes: int) -> dict:
 
 
 def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, precision: str | None = None,
-                   checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, steps: int = 2):
+                   checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, steps: int = 2,
+                   sharded: bool = False):
     """(build, run) of plan_segmentor's step, for estimate_memory or, on real tensors,
-    measure_peak."""
+    measure_peak. sharded: the training step shards the segmentor first (FSDP2 over the process group; a run
+    shards after building its optimizer, whose state is made at the first step either way)."""
     cfg = copy.deepcopy(cfg)
     cfg.model.data_preprocessor.size = (size, size)
     if checkpointing is not None:
@@ -96,7 +100,8 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, preci
             cfg.optim_wrapper.pop(key, None)
 
     def build():
-        model = init_model(cfg, None, device="cpu")  # SyncBN -> BN on one process, as a single GPU runs it
+        # SyncBN -> BN: the same tensors; a sharded trace's fake process group would make SyncBN synchronize
+        model = revert_sync_batchnorm(init_model(cfg, None, device="cpu"))
         return model.train(train)
 
     def run(model, phase):
@@ -106,9 +111,11 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, preci
                 with phase("inference"), torch.no_grad():
                     model.test_step(_batch(batch, size, 1, num_classes))
                 return
+            device = next(model.parameters()).device  # the trace: the CPU; measure_peak: the GPU
+            if sharded:
+                shard(model, model.backbone.blocks, device)
             wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
             if dtype is not None:
-                device = next(model.parameters()).device  # the trace: the CPU; measure_peak: the GPU
                 wrapper.optim_context = lambda _: autocast(device, dtype)
             data = _batch(batch, size, classes, num_classes)
             for i in range(steps):
@@ -120,11 +127,12 @@ def segmentor_step(cfg: Config, batch: int, size: int, train: bool = True, preci
 
 def plan_segmentor(cfg: Config, batch: int, size: int, train: bool = True, precision: str | None = None,
                    checkpointing: bool | None = None, classes: int = DEFAULT_CLASSES, target: str = "cuda",
-                   attention: str = "auto", gpus: int = 1) -> MemoryEstimate:
+                   attention: str = "auto", gpus: int = 1, sharded: bool = False) -> MemoryEstimate:
     """Peak memory of one GPU's training step (train=True) or inference (train=False) for `batch` images of
     size x size. precision ("fp32" | "fp16" | "bf16") / checkpointing: None keeps the config's setting
-    (AmpOptimWrapper, the backbone's use_checkpoint). gpus > 1: training under DDP. target "cpu" counts as the
-    CPU allocator does."""
-    build, run = segmentor_step(cfg, batch, size, train, precision, checkpointing, classes)
-    return estimate_memory(build, run, target=target, attention=attention,
-                           ddp=train and gpus > 1)
+    (AmpOptimWrapper, the backbone's use_checkpoint). gpus > 1: training under DDP, or sharded by FSDP2 over the
+    gpus (sharded; rank 0's step, as parallel="fsdp" runs it). target "cpu" counts as the CPU allocator does."""
+    sharded = sharded and train and gpus > 1
+    build, run = segmentor_step(cfg, batch, size, train, precision, checkpointing, classes, sharded=sharded)
+    return estimate_memory(build, run, target=target, attention=attention, ddp=train and gpus > 1 and not sharded,
+                           world=gpus if sharded else 1)

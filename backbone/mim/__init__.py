@@ -13,6 +13,7 @@ Modules:
     train     `pretrain(PretrainConfig)`: the loop (AdamW, grad clip, fp16/bf16 autocast, accumulation, DDP,
               atomic resumable checkpoints)
     demo      generated images and a random teacher: the embedded default of the demo and the tests
+    memory    the pre-training step on fake tensors: its GPU memory (tools/plan_memory.py --mim)
 tools/pretrain_mim.py is its command line. Needs torch; PIL / torchvision (image folder) and timm (timm teachers)
 are imported where used.
 """

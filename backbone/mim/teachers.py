@@ -126,29 +126,18 @@ class TimmTeacher(FrozenTeacher):
     teacher). A CLIP tower (`project=None` and "clip" in the name, or `project=True`) keeps its head, the CLIP
     projection, which must then be in the file: targets are head(norm(tokens))[:, 1:] as the official EVA-02
     pre-training uses them. Any other model's classifier is never used and need not be in the file; its targets are
-    `forward_features` without the prefix (cls / register) tokens, or a CNN's last map.
+    `forward_features` without the prefix (cls / register) tokens, or a CNN's last map. weights None: timm's random
+    initialization, the architecture alone (memory planning).
     """
 
-    def __init__(self, name: str, weights: str | os.PathLike, weights_only: bool = True,
+    def __init__(self, name: str, weights: str | os.PathLike | None, weights_only: bool = True,
                  project: bool | None = None, **create_kwargs):
         import timm
 
         model = timm.create_model(name, pretrained=False, **create_kwargs)
-        sd, source = read_weights(weights, weights_only)
-        family_converter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-        if family_converter is not None:
-            sd = family_converter(sd, model)
         use_head = "clip" in name if project is None else project
-        classifier = model.pretrained_cfg.get("classifier") or "head"
-        heads = () if use_head else tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
-        try:
-            result = model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(heads)}, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise ValueError(f"{source} does not fit timm model {name!r}: {e}") from e
-        missing = [k for k in result.missing_keys if not heads or not k.startswith(heads)]
-        if missing or result.unexpected_keys:
-            raise ValueError(f"{source} does not fit timm model {name!r}: missing {missing[:6]}, "
-                             f"unexpected {result.unexpected_keys[:6]}")
+        if weights is not None:
+            _load_timm_weights(model, name, weights, weights_only, use_head)
         cfg = model.pretrained_cfg
         super().__init__(cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD))
         self.model = model
@@ -160,6 +149,24 @@ class TimmTeacher(FrozenTeacher):
         if feats.ndim == 4:  # CNN: (B, C, h, w)
             return feats.flatten(2).transpose(1, 2)
         return self.project(feats[:, getattr(self.model, "num_prefix_tokens", 0):])
+
+
+def _load_timm_weights(model: nn.Module, name: str, weights: str | os.PathLike, weights_only: bool,
+                       use_head: bool) -> None:
+    sd, source = read_weights(weights, weights_only)
+    family_converter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if family_converter is not None:
+        sd = family_converter(sd, model)
+    classifier = model.pretrained_cfg.get("classifier") or "head"
+    heads = () if use_head else tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+    try:
+        result = model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(heads)}, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{source} does not fit timm model {name!r}: {e}") from e
+    missing = [k for k in result.missing_keys if not heads or not k.startswith(heads)]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{source} does not fit timm model {name!r}: missing {missing[:6]}, "
+                         f"unexpected {result.unexpected_keys[:6]}")
 
 
 def build_teacher(spec: str, weights: str | None = None, num_heads: int | None = None,

@@ -1,11 +1,13 @@
 """The fake-tensor memory trace (eva02.common.memory) against closed forms and against the CPU allocator's own
-records of the same code run for real (measure_peak: the profiler's allocation events)."""
+records of the same code run for real (measure_peak: the profiler's allocation events); tools/plan_memory.py's MIM
+and sharded modes."""
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tool_process import run_tool
 
 from eva02.common.memory import (CUDA_OVERHEAD_BYTES, FRAGMENTATION, MemoryEstimate, estimate_memory,
                                    largest_fitting, measure_peak)
@@ -39,6 +41,20 @@ def test_cuda_target_rounds_blocks_to_512_bytes():
 
     assert peak_of(run, target="cpu").peak == 40
     assert peak_of(run, target="cuda").peak == 10 * 512
+
+
+def test_storage_resized_in_place_counts_its_new_size():
+    """FSDP2 frees a unit's gathered parameters by resizing their storages to 0 and gathers into them again by
+    resizing them back: no operator runs, the trace still counts it."""
+    def run(phase):
+        t = torch.empty(MB // 4)  # 1 MB
+        t.untyped_storage().resize_(0)
+        torch.empty(MB // 2)  # 2 MB, freed at once: the peak so far is 2 MB, not 3
+        t.untyped_storage().resize_(3 * MB)
+        del t
+
+    est = peak_of(run)
+    assert est.peak == 3 * MB and est.resident == 0
 
 
 @pytest.mark.parametrize("threshold, expected", [(6, 8 * MB), (7, 7 * MB)])
@@ -128,3 +144,17 @@ def test_error_table_row(case):
     assert abs(estimate.peak / measured - case.ratio) <= RATIO_TOLERANCE, (estimate.peak, measured, case.ratio)
     if "training step" in estimate.phases:  # a training row: the second step runs with the optimizer state
         assert estimate.phases["training step"] > estimate.phases["first step"]
+
+
+def test_tool_plans_sharded_mim_pre_training():
+    """--mim: the pre-training step of a preset (its paper teacher built on the meta device), sharded by --fsdp."""
+    proc = run_tool(ROOT / "tools/plan_memory.py", "--mim", "eva02_Ti", "--size", "112", "--batch", "2", "--gpus", "2",
+                    "--fsdp", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "eva02_Ti (MIM pre-training): 2 image(s) of 112x112 per GPU, precision bf16" in proc.stdout, proc.stdout
+    assert "sharded by FSDP2" in proc.stdout and "DDP" not in proc.stdout and "inference" not in proc.stdout
+
+
+def test_tool_refuses_fp16_sharded_mim_as_pre_training_does():
+    proc = run_tool(ROOT / "tools/plan_memory.py", "--mim", "eva02_Ti", "--fsdp", "--precision", "fp16")
+    assert proc.returncode == 2 and "refuses fp16 under FSDP" in proc.stderr and "Traceback" not in proc.stderr
