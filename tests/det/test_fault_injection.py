@@ -79,7 +79,8 @@ def _kill_at_a_seeded_iteration(tmp_path, out) -> str:
     return _killed(_start(tmp_path, out, "step", "1", str(MAX_ITER - 3), str(out / "metrics.json"), "iteration"))
 
 
-@pytest.mark.parametrize("kill", [_kill_inside_second_checkpoint_write, _kill_at_a_seeded_iteration],
+@pytest.mark.parametrize("kill", [_kill_inside_second_checkpoint_write,
+                                  pytest.param(_kill_at_a_seeded_iteration, marks=pytest.mark.slow)],
                          ids=["during-checkpoint-write", "seeded-iteration"])
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, kill):
     out = tmp_path / "out"

@@ -10,6 +10,7 @@ from .conftest import ROOT
 from tool_process import run_tool
 
 
+@pytest.mark.slow  # 6 traces of the demo detector; the error table's rows hold the planner in the default suite
 def test_settings_move_the_estimate_the_right_way():
     cfg = LazyConfig.load(str(ROOT / "configs/demo/eva02_Ti_det.py"))
     base = plan_detector(cfg, 2, 128, precision="fp32", checkpointing=False, objects=10)

@@ -92,7 +92,7 @@ def one_process_weights(tmp_path_factory):
     return torch.load(tmp / "out/model_final.pth", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "num-gpus", "torchrun --fsdp"])
+@pytest.mark.parametrize("launcher", ["torchrun", pytest.param("num-gpus", marks=pytest.mark.slow), "torchrun --fsdp"])
 def test_ddp_equals_one_process(tmp_path, torchrun, one_process_weights, launcher):
     """2 gloo processes with one image each (under torchrun, or detectron2's own --num-gpus 2 launch; DDP, or FSDP2
     sharding weights, gradients and AdamW state) = 1 process with both (global batch 2): every weight after 3 steps
@@ -132,6 +132,19 @@ def test_demo_short_run(tmp_path):
     results = json.loads((tmp_path / "out/results.json").read_text())
     assert {"bbox", "segm"} <= results.keys()
     assert len(list((tmp_path / "out/predictions").glob("*.png"))) == 2
+
+
+@pytest.mark.slow  # a 1-process and a 2-process run per case
+@pytest.mark.parametrize("tuning", [["--frozen-stages", "1"], ["--lora-rank", "4"]], ids=["frozen", "lora"])
+def test_sharded_tuning_equals_one_process(tmp_path, torchrun, tuning):
+    """Training less of the encoder, sharded: 2 processes under --fsdp with the embeddings and block 0 frozen, or with
+    LoRA adapters (frozen weights and trainable adapters in the same FSDP2 units), equal one process training the
+    same way: every weight, adapters included, after 3 steps."""
+    args = ["--config-file", DEMO, f"dataloader.setup.root={tmp_path / 'data'}", *DDP_EQUALITY]
+    _train_det([*tuning, *args[:2], f"train.output_dir={tmp_path / 'one'}", *args[2:]], timeout=600)
+    torchrun("train_det.py", "--fsdp", *tuning, *args[:2], f"train.output_dir={tmp_path / 'two'}", *args[2:], nproc=2)
+    one, two = (torch.load(tmp_path / run / "model_final.pth", weights_only=True)["model"] for run in ("one", "two"))
+    torch.testing.assert_close(two, one, rtol=0, atol=3e-6)
 
 
 @pytest.mark.slow  # two 2-process runs' worth

@@ -407,7 +407,7 @@ def test_longer_pretraining_at_224(tmp_path, teacher_ckpt):
 DDP_SEED = 2
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])
 def test_two_processes_equal_one_process(tmp_path, image_folder, teacher_ckpt, torchrun, parallel):
     """torchrun, 2 gloo processes with one image each = 1 process with both (global batch 2): every weight after 3
     steps, under DDP and under FSDP2 (--fsdp: parameters, gradients and AdamW state sharded; the checkpoint holds

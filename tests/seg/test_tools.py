@@ -54,7 +54,8 @@ param_scheduler = []
     return config
 
 
-def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config, run_tool):
+@pytest.mark.parametrize("parallel", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp"])
+def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config, run_tool, parallel):
     """torchrun, 2 gloo processes with one image each = 1 process with both (global batch 2): every weight after 3
     iterations (mmengine's InfiniteSampler: each rank takes every 2nd index of one shuffled stream of 8 images),
     under DDP and under FSDP2 (--fsdp: weights, gradients and AdamW state sharded; it also validates after
@@ -62,22 +63,24 @@ def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config, run_tool):
     augmentation), and cross-entropy averages over every pixel of equal-sized images, so the mean of the per-rank
     means is the batch mean. The sharded run's checkpoint holds the whole model: tools/test_seg.py evaluates it."""
     config = _one_image_per_process_config(tmp_path, tiny_config(tmp_path, max_iters=3))
-    weights = {}
-    for nproc, how in ((1, ()), (2, ()), (2, ("--fsdp", "train_cfg.val_interval=2"))):
-        work = tmp_path / f"work{nproc}{''.join(how[:1])}"
-        torchrun("train_seg.py", *how[:1], "--config-file", config, "--output", work,
-                 f"train_dataloader.batch_size={2 // nproc}", *how[1:], nproc=nproc,
+    sharded = parallel == "fsdp"
+    runs = {}
+    for nproc, flags, overrides in ((1, [], []), (2, ["--fsdp"] if sharded else [],
+                                                  ["train_cfg.val_interval=2"] if sharded else [])):
+        runs[nproc] = tmp_path / f"work{nproc}"
+        torchrun("train_seg.py", *flags, "--config-file", config, "--output", runs[nproc],
+                 f"train_dataloader.batch_size={2 // nproc}", *overrides, nproc=nproc,
                  env={"SHAPES_ROOT": str(tmp_path / "data")})
-        weights[nproc, bool(how)] = last_iter_checkpoint(work)
+    one, two = (last_iter_checkpoint(runs[n]) for n in (1, 2))
     # 1% of an AdamW step: summation-order noise measured 8e-7; other images or a rank's own gradient move
     # weights by a good part of lr
-    for run in ((2, False), (2, True)):
-        torch.testing.assert_close(weights[run]["state_dict"], weights[1, False]["state_dict"], rtol=0, atol=1.5e-5)
-    assert weights[2, True]["optimizer_layout"] == "by_name"
-    sharded = Path(work, "last_checkpoint").read_text().strip()
-    proc = run_tool("test_seg.py", "--config-file", config, "--weights", sharded, "--output", tmp_path / "eval",
-                    env={"SHAPES_ROOT": str(tmp_path / "data")})
-    assert "mIoU" in proc.stdout + proc.stderr
+    torch.testing.assert_close(two["state_dict"], one["state_dict"], rtol=0, atol=1.5e-5)
+    if sharded:
+        assert two["optimizer_layout"] == "by_name"
+        proc = run_tool("test_seg.py", "--config-file", config, "--weights",
+                        Path(runs[2], "last_checkpoint").read_text().strip(), "--output", tmp_path / "eval",
+                        env={"SHAPES_ROOT": str(tmp_path / "data")})
+        assert "mIoU" in proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
