@@ -78,7 +78,9 @@ class ShardingHook(Hook):
     """Shards the segmentor of a run whose model wrapper is ShardedSegmentor (module docstring), and resumes a
     checkpoint whose optimizer state is stored by parameter name (a sharded run's) with or without sharding."""
 
-    priority = "LOWEST"  # before_train: after every hook that loads weights (SegmentorWeightsHook)
+    # before_train after every hook that loads weights (SegmentorWeightsHook, VERY_HIGH); after_val_epoch before
+    # CheckpointHook (VERY_LOW) saves the best checkpoint, which gathers the sharded weights
+    priority = "LOW"
 
     def __init__(self):
         self._by_name: dict | None = None  # a resumed checkpoint's optimizer state by name, loaded in before_train
@@ -107,11 +109,11 @@ class ShardingHook(Hook):
                 wrapper.loss_scaler.load_state_dict(scaler_state)
             self._by_name = None
 
-    def before_val(self, runner) -> None:
+    def before_val_epoch(self, runner) -> None:
         self._unsharded = unsharded(_segmentor(runner))
         self._unsharded.__enter__()
 
-    def after_val(self, runner) -> None:
+    def after_val_epoch(self, runner, metrics=None) -> None:
         self._unsharded.__exit__(None, None, None)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

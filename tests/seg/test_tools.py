@@ -58,15 +58,17 @@ param_scheduler = []
 def test_ddp_equals_one_process(tmp_path, torchrun, tiny_config, run_tool, parallel):
     """torchrun, 2 gloo processes with one image each = 1 process with both (global batch 2): every weight after 3
     iterations (mmengine's InfiniteSampler: each rank takes every 2nd index of one shuffled stream of 8 images),
-    under DDP and under FSDP2 (--fsdp: weights, gradients and AdamW state sharded; it also validates after
-    iteration 2, on the unsharded weights, which changes nothing). The crop is the whole 64 px image (no random
-    augmentation), and cross-entropy averages over every pixel of equal-sized images, so the mean of the per-rank
-    means is the batch mean. The sharded run's checkpoint holds the whole model: tools/test_seg.py evaluates it."""
+    under DDP and under FSDP2 (--fsdp: weights, gradients and AdamW state sharded; it also validates after iteration
+    2, on the unsharded weights, and saves the best checkpoint then, which changes nothing). The crop is the whole
+    64 px image (no random augmentation), and cross-entropy averages over every pixel of equal-sized images, so the
+    mean of the per-rank means is the batch mean. The sharded run's checkpoint holds the whole model:
+    tools/test_seg.py evaluates it."""
     config = _one_image_per_process_config(tmp_path, tiny_config(tmp_path, max_iters=3))
     sharded = parallel == "fsdp"
     runs = {}
     for nproc, flags, overrides in ((1, [], []), (2, ["--fsdp"] if sharded else [],
-                                                  ["train_cfg.val_interval=2"] if sharded else [])):
+                                                  ["train_cfg.val_interval=2",
+                                                   "default_hooks.checkpoint.save_best=mIoU"] if sharded else [])):
         runs[nproc] = tmp_path / f"work{nproc}"
         torchrun("train_seg.py", *flags, "--config-file", config, "--output", runs[nproc],
                  f"train_dataloader.batch_size={2 // nproc}", *overrides, nproc=nproc,
