@@ -26,8 +26,8 @@ from mmengine.runner import Runner
 from mmseg.registry import HOOKS
 from torch import nn
 
-from eva02.common.sharding import (OPTIMIZER_BY_NAME, full_model_state, full_optimizer_state, is_sharded,
-                                   load_optimizer_state, shard, shard_like, unsharded)
+from eva02.common.sharding import (OPTIMIZER_BY_NAME, by_name, full_model_state, full_optimizer_state, is_sharded,
+                                   load_optimizer_state, shard, unsharded)
 
 __all__ = ["ShardedSegmentor", "ShardingHook", "GatheringRunner", "PARALLEL"]
 
@@ -60,17 +60,11 @@ def _segmentor(runner) -> nn.Module:
 
 def _repoint_optimizer(optimizer: torch.optim.Optimizer, names: dict[nn.Parameter, str], model: nn.Module) -> None:
     """After sharding: the optimizer's groups hold the sharded parameters instead of the whole ones they were
-    built on, and any state it holds (a resumed run's) is cut as they are."""
+    built on (its state is loaded afresh, by parameter name)."""
     sharded = dict(model.named_parameters())
-    new = {p: sharded[name] for p, name in names.items()}
     for group in optimizer.param_groups:
-        group["params"] = [new[p] for p in group["params"]]
-    state = {}
-    for p, values in optimizer.state.items():
-        state[new[p]] = {k: shard_like(v, new[p]) if torch.is_tensor(v) and v.shape == p.shape else v
-                         for k, v in values.items()}
+        group["params"] = [sharded[names[p]] for p in group["params"]]
     optimizer.state.clear()
-    optimizer.state.update(state)
 
 
 @HOOKS.register_module()
@@ -94,6 +88,8 @@ class ShardingHook(Hook):
         model, wrapper = _segmentor(runner), runner.optim_wrapper
         if isinstance(runner.model, ShardedSegmentor) and get_world_size() > 1:
             names = {p: name for name, p in model.named_parameters()}
+            if wrapper.optimizer.state:  # resumed from a checkpoint of a run without sharding: by position
+                self._by_name = by_name(wrapper.optimizer.state_dict(), wrapper.optimizer, model)
             shard(model, model.backbone.blocks, next(model.parameters()).device)
             _repoint_optimizer(wrapper.optimizer, names, model)
             scaler = getattr(wrapper, "loss_scaler", None)

@@ -254,6 +254,25 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_result(repo, tmp_path, 
                                atol=1.5e-5)
 
 
+@pytest.mark.slow  # a 1-process and a 2-process run
+def test_a_checkpoint_of_a_run_without_sharding_resumes_sharded(tmp_path, torchrun, tiny_config):
+    """A one-process run's iteration-2 checkpoint (optimizer state by position), resumed by 2 processes under
+    --fsdp: AdamW's state carries over (every parameter ends at step 4, not 2 after a fresh start)."""
+    config = _one_image_per_process_config(tmp_path, tiny_config(tmp_path, max_iters=4))
+    env = {"SHAPES_ROOT": str(tmp_path / "data")}
+    torchrun("train_seg.py", "--config-file", config, "--output", tmp_path / "one", "train_cfg.max_iters=2", nproc=1,
+             env=env)
+    work = tmp_path / "sharded"
+    work.mkdir()
+    shutil.copy(tmp_path / "one" / "iter_2.pth", work)
+    Path(work, "last_checkpoint").write_text(str(work / "iter_2.pth"))
+    torchrun("train_seg.py", "--fsdp", "--resume", "--config-file", config, "--output", work,
+             "train_dataloader.batch_size=1", nproc=2, env=env)
+    final = last_iter_checkpoint(work)
+    assert final["optimizer_layout"] == "by_name" and final["meta"]["iter"] == 4
+    assert {int(values["step"]) for values in final["optimizer"]["state"].values()} == {4}
+
+
 @pytest.mark.parametrize("case", ["backbone-only --weights", "truncated load_from"])
 def test_bad_checkpoint_is_one_line_naming_the_file(tmp_path, run_tool, tiny_config, case):
     if case == "backbone-only --weights":  # a MIM / p14to16 file has no 'backbone.' keys (was: "no tensors found")
